@@ -1,0 +1,74 @@
+"""Atomic checkpoint files read back with `torch.load(weights_only=True)`, and the RNG state they carry."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "alignmixup-checkpoint-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the run; the message names the file."""
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call write(file) on a temporary file beside `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint dict atomically."""
+    atomic_write(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint safely (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: not an alignmixup checkpoint ({FORMAT})")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states of python, numpy, torch and CUDA, in weights_only-loadable types."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned."""
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
