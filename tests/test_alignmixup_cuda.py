@@ -1,0 +1,33 @@
+"""CUDA paths (run where a GPU is present): no host sync in Sinkhorn, bf16 + channels_last training."""
+
+import pytest
+import torch
+
+from alignmixup.config import TrainConfig
+from alignmixup.sinkhorn import sinkhorn_plan
+from alignmixup.trainer import Trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def test_sinkhorn_loop_never_synchronises_with_the_host():
+    x = torch.randn(128, 16, 512, device="cuda")
+    y = torch.randn(128, 16, 512, device="cuda")
+    sinkhorn_plan(x, y)  # warm up kernels and allocator
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        plan = sinkhorn_plan(x, y, eps=0.1, max_iter=100, stop="release")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    cpu = sinkhorn_plan(x.cpu(), y.cpu())
+    torch.testing.assert_close(plan.cpu(), cpu, atol=1e-5, rtol=1e-3)
+
+
+def test_bf16_channels_last_epoch_on_cuda():
+    tr = Trainer(TrainConfig(dataset="digits", width=0.25, epochs=2, batch_size=128, lr_schedule="cosine",
+                             lr=0.05, device="cuda"))
+    assert tr.autocast.fast_dtype == torch.bfloat16 and tr.data.train.images.is_cuda
+    history = tr.fit()
+    assert history[-1].val_acc > 50 and all(p.is_contiguous(memory_format=torch.channels_last)
+                                            for p in tr.model.parameters() if p.dim() == 4)
