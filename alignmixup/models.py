@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models.resnet import Bottleneck
 
 MixHook = Callable[[int, torch.Tensor], torch.Tensor]
 
@@ -110,6 +109,8 @@ def wrn16_8(num_classes: int, width: float = 1.0, in_channels: int = 3) -> Stage
 
 def resnet50(num_classes: int, width: float = 1.0, in_channels: int = 3) -> StagedNet:
     """ResNet-50 from torchvision's Bottleneck blocks; at width 1 the layers equal torchvision's resnet50."""
+    from torchvision.models.resnet import Bottleneck  # here: importing torchvision costs every process ~1.5 s
+
     c0, *planes = _widths((64, 64, 128, 256, 512), width)
     stem = nn.Sequential(
         nn.Conv2d(in_channels, c0, 7, stride=2, padding=3, bias=False),

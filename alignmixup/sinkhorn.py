@@ -10,13 +10,26 @@ captured by CUDA graphs or `torch.compile`).
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 
 StopRule = Literal["release", "fixed"]
 CostScaling = Literal["none", "mean"]
+
+EXP_FLOOR = -80.0  # CPU: exponents are floored here (see _potential); exp(-80) is 1.8e-35
+COMPILE_BLOCK = 10  # iterations per compiled block when the host never reads the stop test
+_COMPILED = os.environ.get("ALIGNMIXUP_SINKHORN_COMPILE", "") == "1"
+
+
+def set_compiled(enabled: bool) -> None:
+    """Make torch.compile'd iteration blocks the default of sinkhorn_plan (or the op-by-op loop again)."""
+    global _COMPILED
+    _COMPILED = enabled
 
 
 def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -37,6 +50,7 @@ def sinkhorn_plan(
     tol: float = 0.1,
     cost_scaling: CostScaling = "none",
     check_every: int | None = None,
+    compiled: bool | None = None,
 ) -> torch.Tensor:
     """Entropic OT plan (B, N, M) between x (B, N, D) and y (B, M, D), uniform marginals 1/N and 1/M.
 
@@ -55,6 +69,10 @@ def sinkhorn_plan(
         training and differs between stages, which would make an absolute eps meaningless to search.
     check_every: how often the host reads the convergence flag to leave the loop early (release rule
       only). None: every iteration on CPU, never on CUDA (no host-device synchronisation in the loop).
+    compiled: run the iterations as torch.compile'd blocks (check_every iterations, or COMPILE_BLOCK when
+      the host never checks), each block fused into a few kernels. None: the module default, off unless
+      set_compiled(True) or ALIGNMIXUP_SINKHORN_COMPILE=1. It pays on CUDA, where the op-by-op loop is bound
+      by kernel launches; each new shape, eps or block length compiles once (seconds to a minute).
 
     The plan carries no gradient, as in the release (it is detached there).
     """
@@ -71,29 +89,104 @@ def sinkhorn_plan(
             cost = cost / cost.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)
         elif cost_scaling != "none":
             raise ValueError(f"cost_scaling must be 'none' or 'mean' (got {cost_scaling!r})")
-        return _sinkhorn_log(cost, eps, max_iter, stop, tol, check_every)
+        return _sinkhorn_log(cost, eps, max_iter, stop, tol, check_every, _COMPILED if compiled is None else compiled)
 
 
 def _sinkhorn_log(
-    cost: torch.Tensor, eps: float, max_iter: int, stop: StopRule, tol: float, check_every: int
+    cost: torch.Tensor, eps: float, max_iter: int, stop: StopRule, tol: float, check_every: int, compiled: bool
 ) -> torch.Tensor:
-    """Log-domain iterations on the potentials f (B, N) and g (B, M), which are in cost units."""
+    """Log-domain iterations on the potentials u (B, N) and v (B, M), in units of eps (f = eps*u, g = eps*v).
+
+    Both updates reduce over dim 1 of a contiguous (B, ., .) tensor: -C/eps for the columns and its
+    transpose for the rows, which a CPU vectorises along the contiguous dim. With check_every == 1 the host
+    leaves the loop as the release does and no masking is needed; otherwise converged problems keep their
+    potentials through a masked update, so any check_every returns the release's plan.
+    """
     batch, n, m = cost.shape
-    log_mu, log_nu = -math.log(n), -math.log(m)
-    neg_c = cost.neg().div_(eps)  # -C/eps, reused by every iteration
-    f = cost.new_zeros(batch, n)
-    g = cost.new_zeros(batch, m)
-    done = torch.zeros((), dtype=torch.bool, device=cost.device)
-    release = stop == "release"
+    k = cost.neg().div_(eps)  # -C/eps, (B, N, M)
+    kt = k.transpose(1, 2).contiguous()  # (B, M, N)
+    u = k.new_zeros(batch, n)
+    v = k.new_zeros(batch, m)
+    # the release's test, mean_b sum_i |f_new - f| < tol, in units of eps and summed over the batch
+    thresh = tol * batch / eps if stop == "release" else -1.0
+    floor = EXP_FLOOR if k.device.type == "cpu" else None
+    masked = stop == "release" and check_every != 1
+    if compiled:
+        block = check_every if stop == "release" and check_every > 0 else COMPILE_BLOCK
+        done = torch.zeros((), dtype=torch.bool, device=k.device)
+        it = 0
+        while it < max_iter:
+            steps = min(block, max_iter - it)
+            u, v, done = _compiled_steps(steps, stop == "release", floor)(k, kt, u, v, done, -math.log(n),
+                                                                          -math.log(m), thresh)
+            it += steps
+            if stop == "release" and check_every and bool(done):
+                break
+    else:
+        u, v = _eager_loop(k, kt, u, v, max_iter, -math.log(n), -math.log(m), thresh, check_every, masked, floor)
+    # k + u rounds exactly as the last column update did, so the plan's columns sum to 1/M to rounding
+    return torch.exp((k + u.unsqueeze(2)).add_(v.unsqueeze(1)))
+
+
+def _potential(kk: torch.Tensor, w: torch.Tensor, log_a: float, floor: float | None) -> torch.Tensor:
+    """log_a - logsumexp over dim 1 of kk + w[:, :, None] (one Sinkhorn half-step, in units of eps).
+
+    On a CPU the exponent is floored at EXP_FLOOR after the max is taken out: the vectorised exp takes a slow
+    path (about 15x) on arguments that underflow, which raw-scale costs over a small eps produce in bulk, and
+    after the shift the largest term is exp(0) = 1, so terms under exp(-80) cannot change the sum in fp32 or fp64.
+    """
+    buf = kk + w.unsqueeze(2)
+    top = buf.amax(dim=1, keepdim=True)
+    buf.sub_(top)
+    if floor is not None:
+        buf.clamp_min_(floor)
+    return buf.exp_().sum(dim=1).log_().add_(top.squeeze(1)).neg_().add_(log_a)
+
+
+def _eager_loop(
+    k: torch.Tensor, kt: torch.Tensor, u: torch.Tensor, v: torch.Tensor, max_iter: int, log_mu: float,
+    log_nu: float, thresh: float, check_every: int, masked: bool, floor: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The iteration loop op by op; the host reads the stop test every `check_every` iterations (0: never)."""
+    done = torch.zeros((), dtype=torch.bool, device=k.device)
     for it in range(max_iter):
-        f_new = eps * (log_mu - torch.logsumexp(neg_c + g.unsqueeze(1) / eps, dim=2))
-        g_new = eps * (log_nu - torch.logsumexp(neg_c + f_new.unsqueeze(2) / eps, dim=1))
+        u_new = _potential(kt, v, log_mu, floor)
+        v_new = _potential(k, u_new, log_nu, floor)
+        if thresh < 0:  # fixed number of iterations
+            u, v = u_new, v_new
+            continue
+        err = (u_new - u).abs_().sum()
+        if masked:
+            u, v = torch.where(done, u, u_new), torch.where(done, v, v_new)
+            done = done | (err < thresh)
+            if check_every and (it + 1) % check_every == 0 and bool(done):
+                break
+        else:
+            u, v = u_new, v_new
+            if bool(err < thresh):
+                break
+    return u, v
+
+
+def _steps(
+    k: torch.Tensor, kt: torch.Tensor, u: torch.Tensor, v: torch.Tensor, done: torch.Tensor, log_mu: float,
+    log_nu: float, thresh: float, *, steps: int, release: bool, floor: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`steps` masked iterations with no host read: the body that torch.compile fuses."""
+    for _ in range(steps):
+        u_new = _potential(kt, v, log_mu, floor)
+        v_new = _potential(k, u_new, log_nu, floor)
         if release:
-            f_new = torch.where(done, f, f_new)
-            g_new = torch.where(done, g, g_new)
-            err = (f_new - f).abs().sum(-1).mean()
-            done = done | (err < tol)
-        f, g = f_new, g_new
-        if release and check_every and (it + 1) % check_every == 0 and bool(done):
-            break
-    return torch.exp(neg_c + (f.unsqueeze(2) + g.unsqueeze(1)) / eps)
+            err = (u_new - u).abs().sum()
+            u, v = torch.where(done, u, u_new), torch.where(done, v, v_new)
+            done = done | (err < thresh)
+        else:
+            u, v = u_new, v_new
+    return u, v, done
+
+
+@functools.cache
+def _compiled_steps(steps: int, release: bool, floor: float | None) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """torch.compile of `steps` unrolled iterations (one compiled graph per block length, rule and shape)."""
+    return torch.compile(functools.partial(_steps, steps=steps, release=release, floor=floor), fullgraph=True,
+                         dynamic=False)

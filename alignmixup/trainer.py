@@ -25,7 +25,7 @@ from alignmixup import checkpoint
 from alignmixup.checkpoint import CheckpointError
 from alignmixup.config import ConfigError, TrainConfig
 from alignmixup.data import load_splits, shard
-from alignmixup.mixing import Mixer
+from alignmixup.mixing import BatchMix, Mixer
 from alignmixup.models import build_model
 
 
@@ -152,14 +152,7 @@ class Trainer:
         steps = samples = 0
         start = time.perf_counter()
         for x, y in pipe.batches(self.train_indices(e), self.local_batch, train=True):
-            mix = self.mixer(x, y)
-            with self.autocast:
-                logits = self.net(x, mix)
-            loss = mix.loss(logits)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            loss_sum += loss.detach()
+            loss_sum += self.step(x, y)[0]
             steps += 1
             samples += len(y)
         train_loss = loss_sum.item() / max(steps, 1)
@@ -187,6 +180,20 @@ class Trainer:
         )
         self.history.append(metrics)
         return metrics
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, BatchMix]:
+        """One optimisation step on a batch: mixing draw, forward, mixed loss, backward, SGD update.
+
+        Returns the detached loss (left on the device: no host sync) and the batch's mixing draw.
+        """
+        mix = self.mixer(x, y)
+        with self.autocast:
+            logits = self.net(x, mix)
+        loss = mix.loss(logits)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), mix
 
     @torch.no_grad()
     def evaluate(self, split: str) -> tuple[float, float, float]:

@@ -1,0 +1,410 @@
+"""Sweep configuration: a YAML file or shipped preset validated into typed models, with no Ray involved.
+
+A sweep names a base training recipe (`recipe`, one of alignmixup's published presets, plus `train`
+overrides), a search space over the hyperparameters in `HYPERPARAMETERS` (each fixed or a
+distribution), the scheduler, the search algorithm, the failure policy, the storage and how each
+trial scales. Validation builds the trainer's own `TrainConfig` for every candidate value, so an
+error such as a mixing layer the network lacks is caught here, before any Ray process starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+
+from alignmixup.config import ConfigError, TrainConfig
+from alignmixup.presets import PRESETS as RECIPES
+from alignmixup.trainer import EpochMetrics
+
+# hyperparameter name -> its path inside TrainConfig
+HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
+    "alpha": ("alpha",),
+    "mix_layers": ("mix_layers",),
+    "eps": ("sinkhorn", "eps"),
+    "cost_scaling": ("sinkhorn", "cost_scaling"),
+    "method": ("method",),
+    "lr": ("lr",),
+    "weight_decay": ("weight_decay",),
+}
+NUMERIC = frozenset({"alpha", "eps", "lr", "weight_decay"})
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform")
+# TrainConfig fields the sweep sets itself, and where the user sets them instead
+SWEEP_OWNED = {
+    "seed": "the top-level seed",
+    "device": "scaling.use_gpu",
+    "epochs": "scheduler.max_t",
+}
+URI = re.compile(r"^[a-z][a-z0-9+.-]*://")
+LAYERS_TEXT = re.compile(r"^\d+(,\d+)*$")
+KEYED = re.compile(r"^[A-Za-z_][\w.]*: ")  # a validator message that starts with the key it is about
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def error_line(exc: ValidationError, prefix: str = "") -> str:
+    """The first pydantic error as one line `key.path: message (got value)`."""
+    err = exc.errors()[0]
+    loc = [prefix] if prefix else []
+    loc += [str(p) for p in err["loc"] if p not in ("asha", "fifo")]  # drop the scheduler union's tag
+    msg = err["msg"].removeprefix("Value error, ")
+    if KEYED.match(msg):
+        return ".".join([*loc, msg])
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+    return f"{'.'.join(loc)}: {msg}{shown}"
+
+
+def layers_text(layers: list[int]) -> str:
+    """Mixing layers as the text used in search spaces and tables, e.g. [0, 4] -> "0,4"."""
+    return ",".join(str(k) for k in layers)
+
+
+def parse_layers(text: str) -> list[int]:
+    """Inverse of layers_text."""
+    return [int(t) for t in text.split(",")]
+
+
+def _canonical(value: Any) -> Any:
+    """A list of layers becomes its text (Tune and Optuna need hashable, primitive categories)."""
+    if isinstance(value, list):
+        if not all(isinstance(k, int) and not isinstance(k, bool) for k in value):
+            raise ValueError(f"a list must hold mixing-layer numbers (got {value!r})")
+        return layers_text(value)
+    return value
+
+
+class Param(BaseModel):
+    """One hyperparameter: fixed (one value) or a distribution over values."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: Literal["fixed", "choice", "grid", "uniform", "loguniform"]
+    values: tuple[Any, ...]  # fixed: (value,); choice/grid: the options; uniform/loguniform: (low, high)
+
+
+def _parse_param(raw: Any) -> Param:
+    """YAML form -> Param: a plain value is fixed; {choice|grid: [..]} or {uniform|loguniform: [lo, hi]}."""
+    if isinstance(raw, Param):
+        return raw
+    if not isinstance(raw, dict):
+        return Param(kind="fixed", values=(_canonical(raw),))
+    if len(raw) != 1 or next(iter(raw)) not in DISTRIBUTIONS:
+        raise ValueError(f"expected a value or one mapping with a key among {', '.join(DISTRIBUTIONS)}")
+    (kind, values), = raw.items()
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"{kind}: needs a non-empty list of values")
+    if kind in ("uniform", "loguniform"):
+        if len(values) != 2 or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"{kind}: needs [low, high] numbers (got {values!r})")
+        low, high = float(values[0]), float(values[1])
+        if not low < high:
+            raise ValueError(f"{kind}: low must be < high (got {values!r})")
+        if kind == "loguniform" and low <= 0:
+            raise ValueError(f"loguniform: low must be > 0 (got {low!r})")
+        return Param(kind=kind, values=(low, high))
+    options = tuple(_canonical(v) for v in values)
+    if len(set(options)) != len(options):
+        raise ValueError(f"{kind}: repeated value in {values!r}")
+    return Param(kind=kind, values=options)
+
+
+def _dump_param(p: Param) -> Any:
+    return p.values[0] if p.kind == "fixed" else {p.kind: list(p.values)}
+
+
+SearchParam = Annotated[Param, BeforeValidator(_parse_param), PlainSerializer(_dump_param)]
+
+
+class SearchSpace(_Strict):
+    """Hyperparameters to search; one left out keeps the recipe's value (or `train`'s)."""
+
+    alpha: SearchParam | None = None
+    mix_layers: SearchParam | None = None
+    eps: SearchParam | None = None
+    cost_scaling: SearchParam | None = None
+    method: SearchParam | None = None
+    lr: SearchParam | None = None
+    weight_decay: SearchParam | None = None
+
+    def params(self) -> dict[str, Param]:
+        """The hyperparameters given, by name."""
+        return {name: p for name in HYPERPARAMETERS if (p := getattr(self, name)) is not None}
+
+    @model_validator(mode="after")
+    def _kinds(self) -> SearchSpace:
+        for name, p in self.params().items():
+            if p.kind in ("uniform", "loguniform") and name not in NUMERIC:
+                raise ValueError(f"{name}: {p.kind} needs a numeric hyperparameter; use choice or grid")
+        if self.mix_layers is not None:
+            bad = [v for v in self.mix_layers.values if not LAYERS_TEXT.match(str(v))]
+            if bad:
+                raise ValueError(f"mix_layers: expected layer lists such as [0, 4] or \"0,4\" (got {bad[0]!r})")
+            self.mix_layers = Param(kind=self.mix_layers.kind, values=tuple(str(v) for v in self.mix_layers.values))
+        return self
+
+
+class Asha(_Strict):
+    """Asynchronous successive halving on `metric`, with the reported `epoch` as its time."""
+
+    kind: Literal["asha"]
+    metric: str = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    max_t: int = Field(ge=1, description="epochs of a trial that is never stopped (its training length)")
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+    @model_validator(mode="after")
+    def _grace(self) -> Asha:
+        if self.grace_period > self.max_t:
+            raise ValueError(f"grace_period: must be <= max_t ({self.max_t}), got {self.grace_period}")
+        return self
+
+
+class Fifo(_Strict):
+    """Every trial runs max_t epochs; `metric`/`mode` only pick the best trial."""
+
+    kind: Literal["fifo"]
+    metric: str = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    max_t: int = Field(ge=1, description="epochs of every trial")
+
+
+class Scaling(_Strict):
+    """Resources of one trial: its DDP workers and its Tune driver."""
+
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float | None = Field(None, ge=0, description="fractions let trials share a GPU; 1 by default")
+    trial_cpus: float = Field(0.01, gt=0, description="the trial's driver (it only launches and watches)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    multi_node: bool = Field(False, description="a trial's workers span nodes: storage must be a shared URI")
+
+    @model_validator(mode="after")
+    def _gpus(self) -> Scaling:
+        if self.gpus_per_worker is None:
+            self.gpus_per_worker = 1.0 if self.use_gpu else 0.0
+        if not self.use_gpu and self.gpus_per_worker > 0:
+            raise ValueError(f"gpus_per_worker: needs use_gpu: true (got {self.gpus_per_worker})")
+        if self.use_gpu and self.gpus_per_worker == 0:
+            raise ValueError("gpus_per_worker: must be > 0 with use_gpu: true")
+        if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
+            raise ValueError(f"gpus_per_worker: above 1 must be whole (got {self.gpus_per_worker})")
+        return self
+
+    @property
+    def threads(self) -> int:
+        """torch CPU threads of one worker: its whole CPUs, at least one."""
+        return max(1, int(self.cpus_per_worker))
+
+    @property
+    def devices(self) -> float:
+        """Devices one trial occupies: GPUs on a GPU run, busy CPU threads on a CPU run."""
+        per_worker = self.gpus_per_worker if self.use_gpu else self.threads
+        return self.num_workers * per_worker
+
+
+class SweepConfig(_Strict):
+    """A whole sweep; `name` and `storage` place it at <storage>/<name>."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    storage: str = "runs/tune"
+    seed: int = Field(8492, ge=0, description="seeds the search algorithm and every trial's training")
+    recipe: str | None = Field(None, description="an alignmixup preset to start `train` from")
+    train: dict[str, Any] = Field(default_factory=dict)
+    search: SearchSpace = Field(default_factory=SearchSpace)
+    scheduler: Asha | Fifo = Field(discriminator="kind")
+    search_alg: Literal["random", "optuna"] = "random"
+    num_samples: int = Field(1, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    max_failures: int = Field(2, ge=0, description="retries of a trial (Tune) and of its workers (Train)")
+    scaling: Scaling = Field(default_factory=Scaling)
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepConfig:
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ValueError(f"recipe: unknown {self.recipe!r} (known: {', '.join(RECIPES)})")
+        for key, where in SWEEP_OWNED.items():
+            if key in self.train:
+                raise ValueError(f"train.{key}: set by the sweep; use {where}")
+        for name, p in self.search.params().items():
+            if _lookup(self.train, HYPERPARAMETERS[name]) is not None:
+                raise ValueError(f"search.{name}: also set in train; set it in one place")
+            if self.search_alg == "optuna" and p.kind == "grid":
+                raise ValueError(f"search.{name}: grid needs search_alg random (Optuna samples, it has no grid)")
+        base = self._base()
+        try:
+            TrainConfig.model_validate(base)
+        except ValidationError as exc:
+            raise ValueError(error_line(exc, prefix="train")) from None
+        for name, p in self.search.params().items():
+            for value in p.values:
+                _check_value(base, name, value)
+        workers, batch = self.scaling.num_workers, self.trial_config({}).batch_size
+        if batch // workers < 2 or batch % workers:
+            raise ValueError(f"scaling.num_workers: train.batch_size {batch} does not split into {workers} workers")
+        if self.scheduler.metric not in EpochMetrics.__dataclass_fields__:
+            raise ValueError(
+                f"scheduler.metric: not a reported metric (got {self.scheduler.metric!r}; "
+                f"known: {', '.join(EpochMetrics.__dataclass_fields__)})"
+            )
+        return self
+
+    def _base(self) -> dict[str, Any]:
+        """TrainConfig values before the search: recipe, then `train`, then what the sweep owns."""
+        base = {**(RECIPES[self.recipe] if self.recipe else {}), **self.train}
+        base.update(seed=self.seed, epochs=self.scheduler.max_t, device="cuda" if self.scaling.use_gpu else "cpu")
+        base.setdefault("threads", self.scaling.threads)
+        return base
+
+    def trial_config(self, hyperparameters: dict[str, Any]) -> TrainConfig:
+        """The TrainConfig of a trial with these sampled values (the others at their first value)."""
+        base = self._base()
+        for name, p in self.search.params().items():
+            _assign(base, name, hyperparameters.get(name, p.values[0]))
+        return TrainConfig.model_validate(base)
+
+    @property
+    def metric(self) -> str:
+        return self.scheduler.metric
+
+    @property
+    def mode(self) -> str:
+        return self.scheduler.mode
+
+
+def hyperparameter_values(cfg: TrainConfig) -> dict[str, Any]:
+    """Every searchable hyperparameter's value in a TrainConfig (mixing layers as text)."""
+    out: dict[str, Any] = {}
+    for name, path in HYPERPARAMETERS.items():
+        value: Any = cfg
+        for part in path:
+            value = getattr(value, part)
+        out[name] = layers_text(value) if name == "mix_layers" else value
+    return out
+
+
+def _lookup(mapping: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """mapping[path[0]][path[1]]..., or None where a level is missing."""
+    for part in path:
+        if not isinstance(mapping, dict) or part not in mapping:
+            return None
+        mapping = mapping[part]
+    return mapping
+
+
+def _assign(base: dict[str, Any], name: str, value: Any) -> None:
+    """Set hyperparameter `name` inside a TrainConfig dict (mixing-layer text becomes a list)."""
+    *parents, leaf = HYPERPARAMETERS[name]
+    target = base
+    for part in parents:
+        sub = target.get(part)
+        target[part] = dict(sub.model_dump() if isinstance(sub, BaseModel) else sub or {})
+        target = target[part]
+    target[leaf] = parse_layers(value) if name == "mix_layers" and isinstance(value, str) else value
+
+
+def _check_value(base: dict[str, Any], name: str, value: Any) -> None:
+    """Raise `search.<name>: ...` if TrainConfig rejects this value."""
+    trial = {**base}
+    try:
+        _assign(trial, name, value)
+        TrainConfig.model_validate(trial)
+    except ValidationError as exc:
+        raise ValueError(f"search.{name}: {error_line(exc).split(': ', 1)[-1]}") from None
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in tune_jobs/presets."""
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("tune_jobs.presets").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def preset_text(name: str) -> str:
+    """The YAML text of a shipped preset."""
+    return resources.files("tune_jobs.presets").joinpath(f"{name}.yaml").read_text()
+
+
+def load_raw(source: str) -> tuple[dict[str, Any], str]:
+    """(mapping, default experiment stem) from a YAML file path or a preset name."""
+    path = Path(source)
+    if path.is_file():
+        text, stem = path.read_text(), path.stem
+    elif source in preset_names():
+        text, stem = preset_text(source), source
+    else:
+        raise ConfigError(f"config: no file or preset named {source!r} (presets: {', '.join(preset_names())})")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {source} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {source} must hold a mapping of sweep settings")
+    return raw, stem
+
+
+def validate(raw: dict[str, Any]) -> SweepConfig:
+    """Validate a raw mapping; errors become a one-line ConfigError naming the key."""
+    try:
+        return SweepConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(error_line(exc)) from None
+
+
+def summary_line(name: str) -> str:
+    """`name: description` of a shipped preset, for `alignmixup-tune presets`."""
+    raw = yaml.safe_load(preset_text(name))
+    return f"{name:<32} {raw.get('description', '')}"
+
+
+# ----------------------------------------------------------------------------------- storage
+
+
+def experiment_path(storage: str, name: str) -> str:
+    """<storage>/<name> for a local directory (made absolute) or a URI."""
+    if URI.match(storage):
+        return f"{storage.rstrip('/')}/{name}"
+    return str(Path(storage).expanduser().resolve() / name)
+
+
+def check_storage(sweep: SweepConfig) -> None:
+    """Storage must be a shared URI for multi-node trials, and a local one must be writable."""
+    storage = sweep.storage
+    if URI.match(storage):
+        if storage.startswith("file://"):
+            raise ConfigError(f"storage: give a local directory as a plain path (got {storage})")
+        return
+    if sweep.scaling.multi_node:
+        raise ConfigError(
+            f"storage: a multi-node trial needs storage every node sees; give a URI such as "
+            f"s3://bucket/sweeps or gs://bucket/sweeps (got the local path {storage})"
+        )
+    path = Path(storage).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"storage: cannot write to {storage} ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"storage: cannot write to {storage} (permission denied)")
