@@ -2,9 +2,11 @@
 workers spread over two nodes trains disjoint shards, and survives losing one worker's node mid-trial.
 
 The scenario runs once, in a fresh interpreter (this file as a script), so its Ray cluster cannot meet any
-Ray state of the test process: a head without CPUs and two 1-CPU nodes; the sweep's single trial puts one
-worker on each (STRICT_SPREAD); once the trial has checkpointed epoch 2, the node that runs only a worker
-(not the trial's driver) is removed and a fresh node added. A worker setup hook records, in every training
+Ray state of the test process: a head without CPUs and three 1-CPU nodes; the sweep's single trial puts its
+two workers on two of them (STRICT_SPREAD); once the trial has checkpointed epoch 2, a node that runs a
+worker but not the trial's driver is removed, and the restarted workers spread over the two that are left.
+(The spare node is there from the start: a node added from the watcher thread after the removal never
+registered, and the restarted trial waited for it forever.) A worker setup hook records, in every training
 process, the indices each rank trains on in each epoch, with its node and pid.
 """
 
@@ -86,7 +88,6 @@ def remove_a_worker_node(cluster: Any, records: Path, out: Path) -> None:
     victim = next(r["node"] for r in load_records(records) if r["node"] not in drivers)
     cluster.remove_node(next(n for n in cluster.list_all_nodes() if n.node_id == victim))
     (out / "removed").write_text(f"{victim}\n{time.time()}\n")
-    cluster.add_node(num_cpus=1)
 
 
 def scenario(out: Path) -> None:
@@ -103,7 +104,7 @@ def scenario(out: Path) -> None:
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_port": free_port()})
     try:
-        for _ in range(2):
+        for _ in range(3):
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, runtime_env={
