@@ -159,13 +159,18 @@ class SearchSpace(_Strict):
         return self
 
 
-class Asha(_Strict):
-    """Asynchronous successive halving on `metric`, with the reported `epoch` as its time."""
+class _Scheduler(_Strict):
+    """What every scheduler has: the metric that ranks trials, its mode, and the epochs of a full trial."""
 
-    kind: Literal["asha"]
     metric: str = "val_acc"
     mode: Literal["max", "min"] = "max"
     max_t: int = Field(ge=1, description="epochs of a trial that is never stopped (its training length)")
+
+
+class Asha(_Scheduler):
+    """Asynchronous successive halving on `metric`, with the reported `epoch` as its time."""
+
+    kind: Literal["asha"]
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
 
@@ -176,13 +181,10 @@ class Asha(_Strict):
         return self
 
 
-class Fifo(_Strict):
+class Fifo(_Scheduler):
     """Every trial runs max_t epochs; `metric`/`mode` only pick the best trial."""
 
     kind: Literal["fifo"]
-    metric: str = "val_acc"
-    mode: Literal["max", "min"] = "max"
-    max_t: int = Field(ge=1, description="epochs of every trial")
 
 
 class Scaling(_Strict):
