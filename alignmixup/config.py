@@ -69,7 +69,7 @@ class TrainConfig(_Strict):
     seed: int = Field(8492, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
-    channels_last: bool = Field(True, description="channels_last on CUDA (ignored on CPU)")
+    channels_last: bool = Field(True, description="the model in channels_last memory format (the batches always are)")
     compile: bool = False
     eval_test: Literal["never", "end", "every"] = "end"
     loader_workers: int = Field(8, ge=0, description="DataLoader workers (ImageNet only)")
