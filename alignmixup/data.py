@@ -246,8 +246,6 @@ SPECS: dict[str, DatasetSpec] = {
 
 def prepare_data(cfg: TrainConfig) -> None:
     """Download (when online), check and cache the data set; idempotent, once per node before training."""
-    if cfg.dataset == "digits":
-        return  # read from scikit-learn's wheel: nothing to fetch or cache
     if cfg.dataset == "imagenet":
         _imagenet_folders(cfg.data_dir)
     else:

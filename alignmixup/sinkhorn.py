@@ -110,20 +110,19 @@ def _sinkhorn_log(
     # the release's test, mean_b sum_i |f_new - f| < tol, in units of eps and summed over the batch
     thresh = tol * batch / eps if stop == "release" else -1.0
     floor = EXP_FLOOR if k.device.type == "cpu" else None
-    masked = stop == "release" and check_every != 1
-    if compiled:
-        block = check_every if stop == "release" and check_every > 0 else COMPILE_BLOCK
+    log_mu, log_nu, release = -math.log(n), -math.log(m), stop == "release"
+    if release and check_every == 1 and not compiled:
+        u, v = _host_checked_loop(k, kt, u, v, max_iter, log_mu, log_nu, thresh, floor)
+    else:  # blocks of masked iterations, the host reading the flag between blocks (or never)
+        block = check_every if release and check_every > 0 else (COMPILE_BLOCK if compiled else max(max_iter, 1))
         done = torch.zeros((), dtype=torch.bool, device=k.device)
-        it = 0
-        while it < max_iter:
-            steps = min(block, max_iter - it)
-            u, v, done = _compiled_steps(steps, stop == "release", floor)(k, kt, u, v, done, -math.log(n),
-                                                                          -math.log(m), thresh)
-            it += steps
-            if stop == "release" and check_every and bool(done):
+        for start in range(0, max_iter, block):
+            steps = min(block, max_iter - start)
+            run = _compiled_steps(steps, release, floor) if compiled else functools.partial(
+                _steps, steps=steps, release=release, floor=floor)
+            u, v, done = run(k, kt, u, v, done, log_mu, log_nu, thresh)
+            if release and check_every and bool(done):
                 break
-    else:
-        u, v = _eager_loop(k, kt, u, v, max_iter, -math.log(n), -math.log(m), thresh, check_every, masked, floor)
     # k + u rounds exactly as the last column update did, so the plan's columns sum to 1/M to rounding
     return torch.exp((k + u.unsqueeze(2)).add_(v.unsqueeze(1)))
 
@@ -143,28 +142,18 @@ def _potential(kk: torch.Tensor, w: torch.Tensor, log_a: float, floor: float | N
     return buf.exp_().sum(dim=1).log_().add_(top.squeeze(1)).neg_().add_(log_a)
 
 
-def _eager_loop(
+def _host_checked_loop(
     k: torch.Tensor, kt: torch.Tensor, u: torch.Tensor, v: torch.Tensor, max_iter: int, log_mu: float,
-    log_nu: float, thresh: float, check_every: int, masked: bool, floor: float | None,
+    log_nu: float, thresh: float, floor: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The iteration loop op by op; the host reads the stop test every `check_every` iterations (0: never)."""
-    done = torch.zeros((), dtype=torch.bool, device=k.device)
-    for it in range(max_iter):
+    """The release's loop: the host reads the stop test every iteration, so no masking is needed."""
+    for _ in range(max_iter):
         u_new = _potential(kt, v, log_mu, floor)
-        v_new = _potential(k, u_new, log_nu, floor)
-        if thresh < 0:  # fixed number of iterations
-            u, v = u_new, v_new
-            continue
+        v = _potential(k, u_new, log_nu, floor)
         err = (u_new - u).abs_().sum()
-        if masked:
-            u, v = torch.where(done, u, u_new), torch.where(done, v, v_new)
-            done = done | (err < thresh)
-            if check_every and (it + 1) % check_every == 0 and bool(done):
-                break
-        else:
-            u, v = u_new, v_new
-            if bool(err < thresh):
-                break
+        u = u_new
+        if bool(err < thresh):
+            break
     return u, v
 
 

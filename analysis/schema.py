@@ -1,7 +1,7 @@
-"""File and column names of the tables tune_jobs writes (see notes/contract.md)."""
+"""Names in the experiment directory (tune_jobs.layout, import-free) and the accuracy the tables rank by."""
 
-TRIALS_TABLE = "trials.parquet"
-EPOCHS_TABLE = "epochs.parquet"
-SWEEP_FILE = "sweep.json"
-HP_PREFIX = "hp_"
+from tune_jobs.layout import EPOCHS_TABLE, HP_PREFIX, SWEEP_FILE, TRIALS_TABLE
+
 ACCURACY = "best_val_acc"
+
+__all__ = ["ACCURACY", "EPOCHS_TABLE", "HP_PREFIX", "SWEEP_FILE", "TRIALS_TABLE"]

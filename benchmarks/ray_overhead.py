@@ -125,9 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     device = setup(args)
     if device.type != "cpu":
         raise SystemExit("ray_overhead measures the CPU quickstart path: run it with --device cpu")
-    train = {**sweep_config(args, "", "")["train"], "seed": args.seed, "epochs": args.epochs, "device": "cpu",
-             "threads": 1, "alpha": 1.0, "mix_layers": [0, 4], "method": "alignmixup",
-             "sinkhorn": {"eps": 0.1, "cost_scaling": "mean"}}
+    from tune_jobs.config import validate
+
+    # the plain side trains exactly the TrainConfig that the sweep's one trial gets
+    train = validate(sweep_config(args, "unused", "plain")).trial_config({}).model_dump(mode="json")
     os.environ.pop("RAY_ADDRESS", None)  # always a fresh local cluster
     rows = []
     with tempfile.TemporaryDirectory(prefix="ray-overhead-") as tmp:

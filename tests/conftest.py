@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tune_jobs.tables import TRAIN_RUNS
+from tune_jobs.layout import TRAIN_RUNS
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_TIMEOUT_S = 900

@@ -99,3 +99,18 @@ def test_plan_has_no_gradient_and_bad_eps_is_refused():
     assert not sinkhorn_plan(x, x.detach()).requires_grad
     with pytest.raises(ValueError, match="eps"):
         sinkhorn_plan(x, x, eps=0.0)
+
+
+@pytest.mark.parametrize("stop", ["release", "fixed"])
+def test_masked_blocks_and_compiled_blocks_give_the_host_checked_plan(stop):
+    """Reading the stop flag every k iterations (or never: masked on the device), eager or torch.compile'd,
+    returns the plan of the loop that checks on the host every iteration."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.relu(torch.randn(6, 9, 12, generator=gen))
+    y = x[:, torch.randperm(9, generator=gen)]
+    kwargs = dict(eps=0.5, max_iter=23, stop=stop)
+    every = sinkhorn_plan(x, y, check_every=1, compiled=False, **kwargs)
+    for check_every in (0, 4):
+        assert torch.equal(sinkhorn_plan(x, y, check_every=check_every, compiled=False, **kwargs), every)
+    compiled = sinkhorn_plan(x, y, check_every=0, compiled=True, **kwargs)
+    torch.testing.assert_close(compiled, every, rtol=1e-5, atol=1e-7)

@@ -9,7 +9,7 @@ import pandas as pd
 from conftest import SMALL_SWEEP, SWEEP_TIMEOUT_S, TuneCli, latest_reports, read_results
 
 from tune_jobs.cli import EXIT_INTERRUPTED
-from tune_jobs.tables import TRAIN_RUNS
+from tune_jobs.layout import TRAIN_RUNS
 
 RESUME_SWEEP = {
     **SMALL_SWEEP,

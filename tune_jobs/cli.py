@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from alignmixup.config import ConfigError
 from tune_jobs import config
-from tune_jobs.tables import HP_PREFIX
+from tune_jobs.layout import HP_PREFIX, SWEEP_FILE
 
 if TYPE_CHECKING:
     from tune_jobs import driver as driver_types
@@ -79,8 +79,8 @@ def prepare_resume(args: argparse.Namespace) -> str:
     if config.URI.match(experiment):
         return experiment.rstrip("/")
     path = Path(experiment).expanduser().resolve()
-    if not (path / "sweep.json").is_file():
-        raise ConfigError(f"experiment: {experiment} holds no sweep.json (not a directory `run` made)")
+    if not (path / SWEEP_FILE).is_file():
+        raise ConfigError(f"experiment: {experiment} holds no {SWEEP_FILE} (not a directory `run` made)")
     return str(path)
 
 

@@ -24,8 +24,8 @@ from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
 from tune_jobs import pin_ray_address
 from tune_jobs.config import Param, SweepConfig, validate
+from tune_jobs.layout import TRAIN_RUNS
 from tune_jobs.tables import (
-    TRAIN_RUNS,
     TrialRecord,
     epochs_frame,
     read_rows,
@@ -145,13 +145,13 @@ def collect(experiment: str) -> list[TrialRecord]:
 def finish(sweep: SweepConfig, experiment: str) -> Outcome:
     """Write the tables for the experiment as it stands and say whether it was interrupted."""
     records = collect(experiment)
-    files = write_tables(experiment, records, sweep)
+    trials, epochs = trials_frame(records, sweep), epochs_frame(records)
     return Outcome(
         experiment=experiment,
         sweep=sweep,
-        trials=trials_frame(records, sweep),
-        epochs=epochs_frame(records),
-        files=files,
+        trials=trials,
+        epochs=epochs,
+        files=write_tables(experiment, trials, epochs, sweep),
         interrupted=any(r.status not in FINISHED for r in records),
     )
 

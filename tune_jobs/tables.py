@@ -21,13 +21,8 @@ import pyarrow.fs
 from alignmixup.checkpoint import atomic_write
 from alignmixup.trainer import EpochMetrics
 from tune_jobs.config import URI, SweepConfig, hyperparameter_values, validate
+from tune_jobs.layout import EPOCHS_TABLE, HP_PREFIX, SWEEP_FILE, TRIALS_CSV, TRIALS_TABLE
 
-TRIALS_TABLE = "trials.parquet"
-TRIALS_CSV = "trials.csv"
-EPOCHS_TABLE = "epochs.parquet"
-SWEEP_FILE = "sweep.json"
-TRAIN_RUNS = "train_runs"  # <experiment>/train_runs/train-<trial_id>/checkpoint_*: each trial's Ray Train run
-HP_PREFIX = "hp_"
 WORKER_EXTRAS = ("train_samples_by_rank", "pid_by_rank", "reported_at")  # added to EpochMetrics by tune_jobs.worker
 EPOCH_COLUMNS = ("trial_id", *(f.name for f in fields(EpochMetrics)), *WORKER_EXTRAS, "time_total_s")
 TRIAL_COLUMNS = (
@@ -148,9 +143,8 @@ def read_sweep(experiment: str) -> SweepConfig:
     return validate(json.loads(read_text(experiment, SWEEP_FILE)))
 
 
-def write_tables(experiment: str, records: list[TrialRecord], sweep: SweepConfig) -> dict[str, str]:
+def write_tables(experiment: str, trials: pd.DataFrame, epochs: pd.DataFrame, sweep: SweepConfig) -> dict[str, str]:
     """Write trials.parquet, trials.csv, epochs.parquet and sweep.json; returns where each went."""
-    trials, epochs = trials_frame(records, sweep), epochs_frame(records)
     return {
         TRIALS_TABLE: write_file(experiment, TRIALS_TABLE, lambda fh: trials.to_parquet(fh, index=False)),
         TRIALS_CSV: write_file(experiment, TRIALS_CSV, lambda fh: fh.write(trials.to_csv(index=False).encode())),
