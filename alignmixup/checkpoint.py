@@ -2,36 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from alignmixup.files import atomic_write
+
 FORMAT = "alignmixup-checkpoint-v1"
+WEIGHTS_FORMAT = "alignmixup-weights-v1"
+# TrainConfig fields that fix the shape of the network's weights: a checkpoint of another value cannot resume
+ARCHITECTURE = ("network", "width", "dataset")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit the run; the message names the file."""
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync it, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
@@ -51,6 +38,20 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: not an alignmixup checkpoint ({FORMAT})")
     return state
+
+
+def check_compatible(path: Path, state: dict[str, Any], cfg: Any) -> None:
+    """Raise a CheckpointError naming the field when the checkpoint's network does not fit `cfg`'s."""
+    stored = state.get("config") or {}
+    for name in ARCHITECTURE:
+        if name in stored and stored[name] != cfg.model_dump(mode="json")[name]:
+            raise CheckpointError(f"{name}: checkpoint {path} holds a {name} of {stored[name]!r}, "
+                                  f"this run asks for {getattr(cfg, name)!r}")
+
+
+def save_weights(path: Path, weights: dict[str, torch.Tensor], **meta: Any) -> None:
+    """Write a model's weights (e.g. the best epoch's) with what describes them (epoch, metrics, config)."""
+    atomic_write(path, lambda fh: torch.save({"format": WEIGHTS_FORMAT, "model": weights, **meta}, fh))
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,7 +1,10 @@
-"""`alignmixup-train`: one training run from the command line, with the release's flags accepted.
+"""`alignmixup-train`: one training run from the command line, with the release's own flags accepted.
 
-Writes <output-dir>/metrics.csv (one row per epoch), checkpoint.pt (every epoch, atomically) and
-best.pt (the best-validation weights). Bad input exits with code 2 and one line naming the argument.
+Settings come from a recipe (--preset, else the published recipe of the data set and network, else the quick
+digits recipe), then the flags given. Writes <output-dir>/metrics.csv (one row per epoch), checkpoint.pt
+(every epoch, atomically; everything needed to resume) and best.pt (the best epoch's weights: best validation
+accuracy, or best test accuracy under the release's protocol, --val-fraction 0). `--resume` continues a run
+with the settings it was started with. Bad input exits with code 2 and one line naming the flag.
 """
 
 from __future__ import annotations
@@ -10,14 +13,17 @@ import argparse
 import csv
 import io
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from pydantic import ValidationError
 
-from alignmixup.config import TrainConfig, config_error_line
-from alignmixup.presets import PRESETS
+from alignmixup.config import DATASETS, TrainConfig, error_line
+from alignmixup.console import ConfigError, Parser, add_version, run_command
+from alignmixup.presets import RECIPES, recipe_for
 
+PROG = "alignmixup-train"
 # config field -> the flag that sets it, for error messages
 FLAGS = {
     "dataset": "--dataset", "data_dir": "--data-dir", "network": "--network", "width": "--width",
@@ -27,21 +33,17 @@ FLAGS = {
     "sinkhorn.eps": "--eps", "sinkhorn.max_iter": "--sinkhorn-iters", "sinkhorn.stop": "--sinkhorn-stop",
     "sinkhorn.tol": "--sinkhorn-tol", "sinkhorn.cost_scaling": "--cost-scaling", "val_fraction": "--val-fraction",
     "seed": "--seed", "device": "--device", "eval_test": "--eval-test", "threads": "--threads",
-    "subset": "--subset", "loader_workers": "--workers",
+    "subset": "--subset", "loader_workers": "--workers", "amp": "--no-amp", "channels_last": "--no-channels-last",
+    "compile": "--compile", "nesterov": "--nesterov",
 }
 SINKHORN_ARGS = {"eps": "eps", "sinkhorn_iters": "max_iter", "sinkhorn_stop": "stop", "sinkhorn_tol": "tol",
                  "cost_scaling": "cost_scaling"}
+NOT_CONFIG = {"preset", "train_dir", "val_dir", "mini_imagenet", "num_classes", "output_dir", "resume", "ngpu",
+              *SINKHORN_ARGS}
+# flags that may differ from a resumed run's settings: where and how it runs, and how long; never what it computes
+RESUME_MAY_CHANGE = frozenset({"epochs", "device", "threads", "data_dir", "loader_workers"})
 NETWORK_ALIASES = {"resnet": "preactresnet18", "wideresnet": "wrn16_8"}  # the release's --network values
-NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "imagenet": 1000}
-
-
-class UsageError(Exception):
-    """Bad command-line input: one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+RELEASE_SUBSET = 260  # the release's --subset default (its mini-ImageNet: about 20% of each class)
 
 
 def _layers(text: str) -> list[int]:
@@ -60,25 +62,33 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="alignmixup-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The command line; every setting flag defaults to None so that only the flags given override the recipe."""
+    p = Parser(prog=PROG, description=__doc__)
+    add_version(p)
     S = argparse.SUPPRESS
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a published configuration; other flags override it")
+    d = TrainConfig.model_fields
+    p.add_argument("--preset", choices=sorted(RECIPES), help="a recipe (the six published ones, or the quick "
+                   "digits run); other flags override it")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=["digits", "cifar10", "cifar100", "tinyimagenet", "imagenet"])
+    g.add_argument("--dataset", choices=DATASETS, help="default: digits (or what the release's flags imply)")
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", type=Path)
     g.add_argument("--train_dir", type=Path, help=S)  # the release's Tiny-ImageNet flags
     g.add_argument("--val_dir", type=Path, help=S)
     g.add_argument("--subset", type=int, help="ImageNet: first N images per class (the release's 260)")
     g.add_argument("--mini_imagenet", type=_bool, help=S)
-    g.add_argument("--val-fraction", type=float, help="validation split carved from the training set")
-    g.add_argument("--workers", "--loader-workers", dest="loader_workers", type=int, help="ImageNet DataLoader workers")
+    g.add_argument("--val-fraction", type=float, help="validation split carved from the training set; 0 = the "
+                   f"release's protocol (whole training set, best epoch by test accuracy) (default: "
+                   f"{d['val_fraction'].default}; 0 in the published recipes)")
+    g.add_argument("--workers", "--loader-workers", dest="loader_workers", type=int,
+                   help=f"ImageNet DataLoader workers (default: {d['loader_workers'].default})")
     g.add_argument("--num-classes", "--num_classes", dest="num_classes", type=int, help="checked against the data set")
     g = p.add_argument_group("network")
-    g.add_argument("--network", help="preactresnet18 | wrn16_8 | resnet50 (the release's resnet | wideresnet too)")
-    g.add_argument("--width", type=float, help="channel width multiplier")
-    g = p.add_argument_group("optimisation")
+    g.add_argument("--network", help="preactresnet18 (the release's) | preactresnet18_textbook | wrn16_8 | "
+                   "resnet50 (the release's resnet | wideresnet too)")
+    g.add_argument("--width", type=float, help="channel width multiplier (default: 1.0; digits recipe: 0.25)")
+    g = p.add_argument_group("optimisation (defaults: the recipe's)")
     g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
+    g.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, help="global batch")
     g.add_argument("--lr", "--lr_", dest="lr", type=float)
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", "--decay", dest="weight_decay", type=float)
@@ -86,153 +96,231 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-schedule", choices=["step", "cosine"])
     g.add_argument("--schedule", "--milestones", dest="milestones", type=int, nargs="+", help="step epochs")
     g.add_argument("--gammas", type=float, nargs="+", help="lr factor at each milestone")
-    g = p.add_argument_group("mixing")
+    g = p.add_argument_group("mixing (defaults: the release's)")
     g.add_argument("--method", choices=["alignmixup", "mixup", "manifold", "erm"])
-    g.add_argument("--alpha", type=float, help="lam ~ Beta(alpha, alpha)")
-    g.add_argument("--mix-layers", type=_layers, help="e.g. 0,4 (0 = input, k = after stage k)")
-    g.add_argument("--eps", type=float, help="Sinkhorn entropic regularisation")
+    g.add_argument("--alpha", type=float, help=f"lam ~ Beta(alpha, alpha) (default: {d['alpha'].default})")
+    g.add_argument("--mix-layers", type=_layers, help="e.g. 0,4 (0 = input, k = after stage k; default: 0,last)")
+    g.add_argument("--eps", type=float, help="Sinkhorn entropic regularisation (default: 0.1)")
     g.add_argument("--sinkhorn-iters", type=int)
     g.add_argument("--sinkhorn-stop", choices=["release", "fixed"])
     g.add_argument("--sinkhorn-tol", type=float)
-    g.add_argument("--cost-scaling", choices=["none", "mean"])
+    g.add_argument("--cost-scaling", choices=["none", "mean"], help="none: the release (absolute eps)")
     g = p.add_argument_group("run")
-    g.add_argument("--seed", "--manualSeed", dest="seed", type=int)
-    g.add_argument("--output-dir", "--save_dir", dest="output_dir", type=Path)
+    g.add_argument("--seed", "--manualSeed", dest="seed", type=int, help=f"(default: {d['seed'].default})")
+    g.add_argument("--output-dir", "--save_dir", dest="output_dir", type=Path,
+                   help="default: runs/<dataset>-<network>-<method>-s<seed>")
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
-                   help="continue from PATH (default: <output-dir>/checkpoint.pt)")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
+                   help="continue a run with its stored settings from PATH (default: <output-dir>/checkpoint.pt)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="(default: auto)")
     g.add_argument("--ngpu", type=int, help=S)
-    g.add_argument("--eval-test", choices=["never", "end", "every"])
-    g.add_argument("--threads", type=int)
-    g.add_argument("--no-amp", dest="amp", action="store_false", default=None)
+    g.add_argument("--eval-test", choices=["never", "end", "every"],
+                   help="test top-1 never, at the end, or every epoch (default: end; every with --val-fraction 0)")
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+    g.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
-    g.add_argument("--compile", action="store_true", default=None)
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     return p
 
 
 def _tiny_dir(train_dir: Path, val_dir: Path | None) -> Path:
     root = train_dir.parent
     if val_dir is not None and val_dir.parent != root:
-        raise UsageError(f"--val_dir: expected {root / 'val'} beside --train_dir (got {val_dir})")
+        raise ConfigError(f"argument --val_dir: expected {root / 'val'} beside --train_dir (got {val_dir})")
     return root
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults <- preset <- explicit flags, validated; raises UsageError naming the flag."""
-    values: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
-    skip = {"preset", "train_dir", "val_dir", "mini_imagenet", "num_classes", "output_dir", "resume", "ngpu",
-            *SINKHORN_ARGS}
-    values.update({k: v for k, v in vars(args).items() if v is not None and k not in skip})
+def given_values(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig values of the flags given (the release's spellings translated), nothing from a recipe."""
+    values: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None and k not in NOT_CONFIG}
     sink = {SINKHORN_ARGS[k]: getattr(args, k) for k in SINKHORN_ARGS if getattr(args, k) is not None}
     if sink:
         values["sinkhorn"] = sink
     if args.train_dir is not None:
         values["data_dir"] = _tiny_dir(args.train_dir, args.val_dir)
         values.setdefault("dataset", "tinyimagenet")
-    if args.mini_imagenet is False:
-        values.pop("subset", None)
+    if args.mini_imagenet is not None or args.subset is not None:  # the release's ImageNet script has no --dataset
+        values.setdefault("dataset", "imagenet")
+        if args.mini_imagenet is False:
+            values.pop("subset", None)
+        elif args.mini_imagenet:
+            values.setdefault("subset", RELEASE_SUBSET)
     if args.ngpu == 0:
         values["device"] = "cpu"
-    values["network"] = _network(values.get("network"), values.get("dataset", "digits"))
+    if "network" in values:
+        name = values["network"]
+        values["network"] = "resnet50" if name == "resnet" and values.get("dataset") == "imagenet" else (
+            NETWORK_ALIASES.get(name, name))
+    return values
+
+
+def _validate(values: dict[str, Any]) -> TrainConfig:
     try:
-        cfg = TrainConfig(**values)
+        return TrainConfig(**values)
     except ValidationError as exc:
-        line = config_error_line(exc)
-        field = line.split(":", 1)[0]
-        raise UsageError(f"argument {FLAGS.get(field, field)}: {line.split(':', 1)[1].strip()}") from None
-    if args.num_classes is not None and args.num_classes != NUM_CLASSES[cfg.dataset]:
-        raise UsageError(f"argument --num_classes: {cfg.dataset} has {NUM_CLASSES[cfg.dataset]} classes "
-                         f"(got {args.num_classes})")
+        raise flag_error(ConfigError(error_line(exc))) from None
+
+
+def config_from_args(args: argparse.Namespace, stored: dict[str, Any] | None = None) -> TrainConfig:
+    """The run's TrainConfig: recipe <- flags, or, resuming, the stored settings (flags may not contradict them).
+
+    Raises ConfigError naming the flag.
+    """
+    given = given_values(args)
+    if stored is not None:
+        resumed, changed = _validate(stored), _validate({**stored, **given})
+        old, new = resumed.model_dump(), changed.model_dump()
+        keys = [f"sinkhorn.{k}" for k in given.get("sinkhorn", {})] + [k for k in given if k != "sinkhorn"]
+        for key in keys:
+            a, b = _lookup(old, key), _lookup(new, key)
+            if key not in RESUME_MAY_CHANGE and a != b:
+                raise ConfigError(f"argument {FLAGS.get(key, key)}: the run being resumed has {key} {a!r}, not "
+                                  f"{b!r} (resume keeps the settings a run started with; start a new run to change "
+                                  "them)")
+        cfg = changed
+    else:
+        if args.preset:
+            base = dict(RECIPES[args.preset])
+        else:
+            base = recipe_for(given.get("dataset", "digits"), given.get("network"))
+            if given.get("dataset") == "imagenet" or base.get("dataset") == "imagenet":
+                base.setdefault("network", "resnet50")
+        cfg = _validate({**base, **given})
+    if args.num_classes is not None:
+        from alignmixup.data import SPECS
+
+        if args.num_classes != SPECS[cfg.dataset].num_classes:
+            raise ConfigError(f"argument --num_classes: {cfg.dataset} has {SPECS[cfg.dataset].num_classes} classes "
+                              f"(got {args.num_classes})")
     return cfg
 
 
-def _network(name: str | None, dataset: str) -> str:
-    if name is None:
-        return "resnet50" if dataset == "imagenet" else "preactresnet18"
-    if name == "resnet" and dataset == "imagenet":
-        return "resnet50"
-    return NETWORK_ALIASES.get(name, name)
+def _lookup(values: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        values = values[part]
+    return values
 
 
-def _default_output_dir(cfg: TrainConfig) -> Path:
+def flag_error(exc: ConfigError) -> ConfigError:
+    """A `field: message` error from the library as `argument --flag: message`."""
+    field, sep, message = str(exc).partition(": ")
+    return ConfigError(f"argument {FLAGS[field]}: {message}") if sep and field in FLAGS else exc
+
+
+def default_output_dir(cfg: TrainConfig) -> Path:
+    """runs/<dataset>-<network>-<method>-s<seed>."""
     return Path("runs") / f"{cfg.dataset}-{cfg.network}-{cfg.method}-s{cfg.seed}"
 
 
-def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
     """Rewrite metrics.csv from the whole history (atomically, so a crash never leaves half a file)."""
-    from alignmixup.checkpoint import atomic_write
+    from alignmixup.files import atomic_write
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(path, lambda fh: fh.write(buf.getvalue().encode()))
 
 
-def _epoch_line(m: Any, epochs: int) -> str:
-    test = f"  test_acc {m.test_acc:6.2f}" if m.test_acc is not None else ""
-    return (f"epoch {m.epoch:>4}/{epochs}  lr {m.lr:.4g}  train_loss {m.train_loss:.4f}  val_loss {m.val_loss:.4f}"
-            f"  val_acc {m.val_acc:6.2f}  val_top5 {m.val_top5:6.2f}{test}  best_val {m.best_val_acc:6.2f}"
-            f"  {m.epoch_time_s:6.1f}s  {m.images_per_s:8.0f} img/s")
+def epoch_line(m: Any, epochs: int) -> str:
+    """One line per epoch on the console: what was measured, with the protocol's columns only."""
+    parts = [f"epoch {m.epoch:>4}/{epochs}", f"lr {m.lr:.4g}", f"train_loss {m.train_loss:.4f}"]
+    if m.val_acc is not None:
+        parts += [f"val_loss {m.val_loss:.4f}", f"val_acc {m.val_acc:6.2f}", f"val_top5 {m.val_top5:6.2f}",
+                  f"best_val {m.best_val_acc:6.2f}"]
+    if m.test_acc is not None:
+        parts += [f"test_acc {m.test_acc:6.2f}", f"best_test {m.best_test_acc:6.2f}"]
+    parts += [f"{m.epoch_time_s:6.1f}s", f"{m.images_per_s:8.0f} img/s"]
+    return "  ".join(parts)
+
+
+def summary_line(cfg: TrainConfig, history: list[Any]) -> str:
+    """The run's result in one line: selection on validation, or the release's best and final test accuracy."""
+    last = history[-1]
+    if cfg.selects_on == "test":
+        best = max(history, key=lambda m: m.test_acc)
+        return (f"done: best test_acc {last.best_test_acc:.2f} (epoch {best.epoch}, the release's reported number), "
+                f"final test_acc {last.test_acc:.2f}")
+    text = f"done: best val_acc {last.best_val_acc:.2f}, final val_acc {last.val_acc:.2f}"
+    if last.best_val_test_acc is not None:
+        text += f", test_acc of best-val weights {last.best_val_test_acc:.2f}"
+    if cfg.eval_test == "every":
+        text += f", best test_acc over epochs {last.best_test_acc:.2f}"
+    return text
+
+
+def _checkpoint_path(args: argparse.Namespace) -> tuple[Path | None, dict[str, Any] | None]:
+    """(checkpoint to resume, its stored settings), or (None, None) for a new run."""
+    if args.resume is None:
+        return None, None
+    from alignmixup.checkpoint import CheckpointError, load
+
+    if args.resume:
+        path = Path(args.resume)
+    else:
+        out = args.output_dir or default_output_dir(config_from_args(args))
+        path = out / "checkpoint.pt"
+    try:
+        return path, load(path)["config"]
+    except CheckpointError as exc:
+        raise ConfigError(f"argument --resume: {exc}") from None
+    except KeyError:
+        raise ConfigError(f"argument --resume: checkpoint {path} holds no settings to resume with") from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from alignmixup.checkpoint import CheckpointError, atomic_write
-    from alignmixup.config import ConfigError
-    from alignmixup.data import DataError
-    from alignmixup.trainer import Trainer
-
-    cfg = config_from_args(args)
-    out = args.output_dir or _default_output_dir(cfg)
+    """Train (or resume) the run the flags describe; returns the exit code."""
+    resume, stored = _checkpoint_path(args)
+    cfg = config_from_args(args, stored)
+    out = args.output_dir or (resume.parent if resume is not None else default_output_dir(cfg))
     ckpt = out / "checkpoint.pt"
-    resume = None if args.resume is None else Path(args.resume) if args.resume else ckpt
     if resume is None and ckpt.exists():
-        raise UsageError(f"argument --output-dir: {out} already holds a run (checkpoint.pt); "
-                         "pass --resume to continue it or choose another directory")
+        raise ConfigError(f"argument --output-dir: {out} already holds a run (checkpoint.pt); "
+                          "pass --resume to continue it or choose another directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"argument --output-dir: cannot create {out} ({exc.strerror})") from None
+        raise ConfigError(f"argument --output-dir: cannot create {out} ({exc.strerror})") from None
+
+    from alignmixup import checkpoint
+    from alignmixup.data import DataError
+    from alignmixup.trainer import Trainer, metric_columns
+
     try:
         trainer = Trainer(cfg)
         if resume is not None:
             trainer.load_checkpoint(resume)
             print(f"resumed from {resume} at epoch {trainer.epoch}", flush=True)
-    except (ConfigError, DataError) as exc:
-        raise UsageError(str(exc)) from None
-    except CheckpointError as exc:
-        raise UsageError(f"argument --resume: {exc}") from None
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    except ConfigError as exc:
+        raise flag_error(exc) from None
+    except checkpoint.CheckpointError as exc:
+        raise ConfigError(f"argument --resume: {exc}") from None
+    columns = metric_columns(cfg)
 
     def on_epoch(m: Any) -> None:
+        if m.improved:  # before the checkpoint that refers to it
+            checkpoint.save_weights(out / "best.pt", trainer.best_state, epoch=m.epoch, metrics=m.as_dict(),
+                                    config=cfg.model_dump(mode="json"))
         trainer.save_checkpoint(ckpt)
-        if trainer.improved:
-            import torch
+        write_metrics_csv(out / "metrics.csv", [h.as_dict() for h in trainer.history], columns)
+        print(epoch_line(m, cfg.epochs), flush=True)
 
-            atomic_write(out / "best.pt", lambda fh: torch.save(
-                {"format": "alignmixup-weights-v1", "model": trainer.best_state, "epoch": m.epoch,
-                 "val_acc": m.val_acc, "config": cfg.model_dump(mode="json")}, fh))
-        write_metrics_csv(out / "metrics.csv", [h.as_dict() for h in trainer.history])
-        print(_epoch_line(m, cfg.epochs), flush=True)
-
+    selection = "validation" if cfg.selects_on == "val" else "test (the release's protocol: no validation split)"
     print(f"training {cfg.network} (width {cfg.width}) on {cfg.dataset} with {cfg.method} on {trainer.device}; "
-          f"output in {out}", flush=True)
+          f"{len(trainer.data.train_idx)} training images; best epoch chosen on {selection}; output in {out}",
+          flush=True)
     history = trainer.fit(on_epoch)
     if history:
-        last = history[-1]
-        print(f"done: best val_acc {last.best_val_acc:.2f}, final val_acc {last.val_acc:.2f}"
-              + (f", test_acc of best-val weights {last.best_val_test_acc:.2f}" if last.best_val_test_acc is not None
-                 else "") + (f", best test_acc {last.best_test_acc:.2f}" if last.best_test_acc is not None else ""))
+        print(summary_line(cfg, history))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, validate, train. Returns the exit code."""
-    try:
-        return run(build_parser().parse_args(argv))
-    except UsageError as exc:
-        print(f"alignmixup-train: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("alignmixup-train: interrupted; resume with --resume", file=sys.stderr)
-        return 130
+    return run_command(PROG, lambda a: run(build_parser().parse_args(a)), argv)
 
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,9 +1,14 @@
-"""Validated configuration of one training run (pydantic), and one-line error messages for it."""
+"""Validated configuration of one training run (pydantic), and the one-line error messages of every config.
+
+`Strict` is the base of every configuration model in the project (unknown keys are errors) and `error_line`
+turns pydantic's report into the one line a command prints before it exits with code 2.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -11,30 +16,35 @@ from alignmixup.models import MODELS
 from alignmixup.sinkhorn import CostScaling, StopRule
 
 Method = Literal["alignmixup", "mixup", "manifold", "erm"]
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagenet")
+Dataset = Literal["digits", "cifar10", "cifar100", "tinyimagenet", "imagenet"]
+DATASETS: tuple[str, ...] = get_args(Dataset)
+KEYED = re.compile(r"^[A-Za-z_][\w.]*: ")  # a validator message that starts with the key it is about
 
 
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message is one line that names the field."""
+def error_line(exc: ValidationError, prefix: str = "", skip: frozenset[str] = frozenset()) -> str:
+    """The first pydantic error as one line `key.path: message (got value)`.
 
-
-def config_error_line(exc: ValidationError, prefix: str = "") -> str:
-    """The first pydantic error as `field.path: message (got value)`."""
+    `prefix` goes in front of the key path; `skip` drops path parts that are not keys the user wrote (the tag
+    pydantic adds for each member of a discriminated union).
+    """
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
+    loc = [prefix] if prefix else []
+    loc += [str(p) for p in err["loc"] if p not in skip]
     msg = err["msg"].removeprefix("Value error, ")
-    if not loc:  # a model-level check: its message starts with the field's name
-        return f"{prefix}{msg}"
+    if KEYED.match(msg) or not loc:  # a model-level check names its key itself
+        return ".".join([*loc, msg])
     got = err.get("input")
     shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
-    return f"{prefix}{loc}: {msg}{shown}"
+    return f"{'.'.join(loc)}: {msg}{shown}"
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A configuration model in which an unknown key is an error."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class SinkhornConfig(_Strict):
+class SinkhornConfig(Strict):
     """Sinkhorn settings of aligned mixing; the defaults are the release's."""
 
     eps: float = Field(0.1, gt=0, le=1e3, description="entropic regularisation")
@@ -44,10 +54,10 @@ class SinkhornConfig(_Strict):
     cost_scaling: CostScaling = "none"
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     """Everything one run needs; the defaults are the release's CIFAR recipe on the digits set."""
 
-    dataset: Literal["digits", "cifar10", "cifar100", "tinyimagenet", "imagenet"] = "digits"
+    dataset: Dataset = "digits"
     data_dir: Path | None = None
     subset: int | None = Field(None, ge=1, description="ImageNet: keep the first N images of each class")
     network: str = "preactresnet18"
@@ -65,15 +75,33 @@ class TrainConfig(_Strict):
     alpha: float = Field(2.0, gt=0)
     mix_layers: list[int] | None = Field(None, description="None: the release's {0, last stage}")
     sinkhorn: SinkhornConfig = Field(default_factory=SinkhornConfig)
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    seed: int = Field(8492, ge=0)
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1,
+        description="validation split carved (seeded) from the training set; 0: the release's protocol (the whole "
+                    "training set, no validation, the best epoch chosen by test accuracy)",
+    )
+    seed: int = Field(8492, ge=0, description="initial weights, shuffles, augmentation and mixing draws")
+    split_seed: int | None = Field(None, ge=0, description="the validation split's seed; None: seed (a sweep fixes "
+                                   "it so that every trial, whatever its seed, is selected on the same images)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = Field(True, description="the model in channels_last memory format (the batches always are)")
     compile: bool = False
-    eval_test: Literal["never", "end", "every"] = "end"
+    eval_test: Literal["never", "end", "every"] = Field(
+        "end", description="test top-1 never, at the end, or every epoch (val_fraction 0: every, which it defaults to)"
+    )
     loader_workers: int = Field(8, ge=0, description="DataLoader workers (ImageNet only)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
+
+    @property
+    def validation_seed(self) -> int:
+        """The seed of the validation split (and of the digits set's measured normalisation)."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+    @property
+    def selects_on(self) -> Literal["val", "test"]:
+        """The split whose top-1 picks the best epoch: validation, or test under the release's protocol."""
+        return "val" if self.val_fraction > 0 else "test"
 
     @property
     def num_stages(self) -> int:
@@ -101,12 +129,12 @@ class TrainConfig(_Strict):
             raise ValueError(f"data_dir: required for dataset {self.dataset}")
         if self.subset is not None and self.dataset != "imagenet":
             raise ValueError("subset: only applies to dataset imagenet")
+        if self.val_fraction == 0:
+            if "eval_test" not in self.model_fields_set:
+                self.eval_test = "every"
+            elif self.eval_test != "every":
+                raise ValueError(
+                    f"eval_test: with val_fraction 0 the test split picks the best epoch, so it must be 'every' "
+                    f"(got {self.eval_test!r})"
+                )
         return self
-
-
-def make_train_config(**values: object) -> TrainConfig:
-    """Build a TrainConfig, turning pydantic's report into a one-line ConfigError."""
-    try:
-        return TrainConfig(**values)
-    except ValidationError as exc:
-        raise ConfigError(config_error_line(exc)) from None

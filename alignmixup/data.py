@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -43,6 +44,14 @@ class Arrays:
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean and std of the input normalisation, x_norm = (x_pixels_in_[0,1] - mean) / std."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -270,33 +279,48 @@ def shard(indices: torch.Tensor, epoch: int, seed: int, rank: int, world: int) -
 # --------------------------------------------------------------------------- pipelines
 
 
+class Pipeline(Protocol):
+    """What the trainer needs of a split's pipeline: its size, a reseedable augmentation stream, and batches."""
+
+    def __len__(self) -> int: ...
+
+    def reseed(self, seed: int) -> None:
+        """Restart the augmentation stream (the trainer does it per (seed, epoch, rank) at each epoch)."""
+
+    def batches(self, indices: torch.Tensor, batch_size: int, train: bool, drop_last: bool) -> Iterator[Batch]:
+        """Normalised batches (channels_last) of `indices` in order; train: augmented."""
+
+
 class DevicePipeline:
     """A uint8 data set resident on the device; batches are cropped, flipped and normalised there."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, spec: DatasetSpec, mean: torch.Tensor, std: torch.Tensor,
-                 device: torch.device, seed: int) -> None:
+    def __init__(self, x: np.ndarray, y: np.ndarray, spec: DatasetSpec, norm: Normalization,
+                 device: torch.device) -> None:
         p = spec.pad
         images = torch.from_numpy(x).to(device)
         self.images = F.pad(images, (0, 0, p, p, p, p)) if p else images  # zero padding, as RandomCrop(pad)
         self.labels = torch.from_numpy(y).to(device)
         self.pad, self.flip, self.size = p, spec.flip, spec.image_size
+        mean, std = torch.tensor(norm.mean), torch.tensor(norm.std)
         self.scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(device)
         self.shift = (-mean / std).view(1, -1, 1, 1).to(device)
         self.arange = torch.arange(self.size, device=device)
         self.gen = torch.Generator(device=device)
-        self.gen.manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batches(self, indices: torch.Tensor, batch_size: int, train: bool) -> Iterator[Batch]:
-        """Yield normalised float batches (channels_last NCHW) and labels for `indices`, in order."""
+    def reseed(self, seed: int) -> None:
+        self.gen.manual_seed(seed)
+
+    def batches(self, indices: torch.Tensor, batch_size: int, train: bool, drop_last: bool) -> Iterator[Batch]:
         indices = indices.to(self.labels.device)
-        stop = len(indices) - len(indices) % batch_size if train else len(indices)  # train drops the last partial
+        stop = len(indices) - len(indices) % batch_size if drop_last else len(indices)
         for start in range(0, stop, batch_size):
             yield self.batch(indices[start:start + batch_size], train)
 
     def batch(self, idx: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of `idx`: per-sample random crop and flip when training, then normalisation."""
         b, dev = len(idx), idx.device
         if train and self.pad:
             dy = torch.randint(0, 2 * self.pad + 1, (b, 1), device=dev, generator=self.gen)
@@ -349,7 +373,12 @@ def _imagenet_transforms(train: bool):
 
 
 class FolderPipeline:
-    """An ImageFolder (ImageNet) through a DataLoader with workers and pinned memory."""
+    """An ImageFolder (ImageNet) through a DataLoader with workers and pinned memory.
+
+    Augmentation draws from torch's generator: each pass's DataLoader gets a generator seeded by `reseed`, from
+    which every worker k is seeded (torch seeds worker k's torch, random and numpy from it), so the draws depend
+    on (seed, epoch, rank, worker); with no workers the main process's generator is reseeded instead.
+    """
 
     def __init__(self, folder: Path, train: bool, subset: int | None, workers: int, device: torch.device) -> None:
         from torchvision.datasets import ImageFolder
@@ -361,16 +390,22 @@ class FolderPipeline:
             self.dataset.samples = [self.dataset.samples[i] for i in keep]
             self.dataset.targets = targets[keep].tolist()
         self.workers, self.device = workers, device
+        self.seed = 0
 
     def __len__(self) -> int:
         return len(self.dataset.targets)
 
-    def batches(self, indices: torch.Tensor, batch_size: int, train: bool) -> Iterator[Batch]:
-        """Yield batches of `indices` in order, moved to the device as channels_last."""
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
+
+    def batches(self, indices: torch.Tensor, batch_size: int, train: bool, drop_last: bool) -> Iterator[Batch]:
         from torch.utils.data import DataLoader
 
+        if train and not self.workers:
+            torch.manual_seed(self.seed)
         loader = DataLoader(self.dataset, batch_size=batch_size, sampler=indices.tolist(), num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda", drop_last=train,
+                            pin_memory=self.device.type == "cuda", drop_last=drop_last,
+                            generator=torch.Generator().manual_seed(self.seed),
                             prefetch_factor=4 if self.workers else None)
         for x, y in loader:
             yield (x.to(self.device, non_blocking=True, memory_format=torch.channels_last),
@@ -379,46 +414,47 @@ class FolderPipeline:
 
 @dataclass
 class Splits:
-    """The train/val/test pipelines of one run and the index sets of each split."""
+    """The train/val/test pipelines of one run, the index sets of each split, and the input normalisation.
 
-    train: DevicePipeline | FolderPipeline
+    `val_idx` is empty under the release's protocol (val_fraction 0): nothing is carved out of training.
+    """
+
+    train: Pipeline
     train_idx: torch.Tensor
     val_idx: torch.Tensor
-    val: DevicePipeline | FolderPipeline
-    test: DevicePipeline | FolderPipeline
+    val: Pipeline
+    test: Pipeline
     test_idx: torch.Tensor
     num_classes: int
     channels: int
+    image_size: int
+    norm: Normalization
 
-    def eval_batches(self, split: str, batch_size: int, rank: int, world: int
-                     ) -> Iterator[Batch]:
+    def eval_batches(self, split: str, batch_size: int, rank: int, world: int) -> Iterator[Batch]:
         """This rank's strided share of the val or test split, unaugmented."""
         pipe, idx = (self.val, self.val_idx) if split == "val" else (self.test, self.test_idx)
-        return pipe.batches(idx[rank::world], batch_size, train=False)
+        return pipe.batches(idx[rank::world], batch_size, train=False, drop_last=False)
 
 
-def load_splits(cfg: TrainConfig, device: torch.device, rank: int = 0) -> Splits:
-    """Read the data set and build its pipelines on `device`, with the seeded validation split.
-
-    The split depends on cfg.seed only; the augmentation stream also on the rank.
-    """
+def load_splits(cfg: TrainConfig, device: torch.device) -> Splits:
+    """Read the data set and build its pipelines on `device`, with the seeded validation split."""
     spec = SPECS[cfg.dataset]
     if cfg.dataset == "imagenet":
         train_dir, val_dir = _imagenet_folders(cfg.data_dir)
         train = FolderPipeline(train_dir, True, cfg.subset, cfg.loader_workers, device)
         val = FolderPipeline(train_dir, False, cfg.subset, cfg.loader_workers, device)
         test = FolderPipeline(val_dir, False, None, cfg.loader_workers, device)
-        tr, va = split_indices(len(train), cfg.val_fraction, cfg.seed)
+        tr, va = split_indices(len(train), cfg.val_fraction, cfg.validation_seed)
         return Splits(train, torch.from_numpy(tr), torch.from_numpy(va), val, test, torch.arange(len(test)),
-                      spec.num_classes, spec.channels)
+                      spec.num_classes, spec.channels, spec.image_size, Normalization(IMAGENET_MEAN, IMAGENET_STD))
     arrays = READERS[cfg.dataset](cfg.data_dir)
-    tr, va = split_indices(len(arrays.train_y), cfg.val_fraction, cfg.seed)
-    if spec.mean is None:
+    tr, va = split_indices(len(arrays.train_y), cfg.val_fraction, cfg.validation_seed)
+    if spec.mean is None or spec.std is None:  # measured on the training split (never on val or test)
         fit = arrays.train_x[tr].reshape(-1, spec.channels).astype(np.float64) / 255.0
-        mean, std = torch.tensor(fit.mean(0), dtype=torch.float32), torch.tensor(fit.std(0), dtype=torch.float32)
+        norm = Normalization(tuple(fit.mean(0).tolist()), tuple(fit.std(0).tolist()))
     else:
-        mean, std = torch.tensor(spec.mean), torch.tensor(spec.std)
-    train = DevicePipeline(arrays.train_x, arrays.train_y, spec, mean, std, device, cfg.seed + 7919 * rank)
-    test = DevicePipeline(arrays.test_x, arrays.test_y, spec, mean, std, device, cfg.seed)
+        norm = Normalization(spec.mean, spec.std)
+    train = DevicePipeline(arrays.train_x, arrays.train_y, spec, norm, device)
+    test = DevicePipeline(arrays.test_x, arrays.test_y, spec, norm, device)
     return Splits(train, torch.from_numpy(tr), torch.from_numpy(va), train, test,
-                  torch.arange(len(arrays.test_y)), spec.num_classes, spec.channels)
+                  torch.arange(len(arrays.test_y)), spec.num_classes, spec.channels, spec.image_size, norm)

@@ -48,21 +48,35 @@ def _conv3x3(cin: int, cout: int, stride: int = 1, bias: bool = False) -> nn.Con
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block (He et al. 2016), as in the release."""
+    """Pre-activation basic block as the release builds it: the shortcut always starts from relu(bn1(x)).
 
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    The release's shortcut is a module in every block (an empty `nn.Sequential()` where shapes match) applied to
+    `out = relu(bn1(x))`, so an identity shortcut adds `relu(bn1(x))`, not `x`. The published accuracies come from
+    this network. `identity_from_input=True` gives the textbook block of He et al. 2016 (identity carries `x`).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, identity_from_input: bool = False) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
         self.conv1 = _conv3x3(cin, cout, stride)
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = _conv3x3(cout, cout)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if stride != 1 or cin != cout else None
+        projected = stride != 1 or cin != cout
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False) if projected else nn.Identity()
+        self.identity_from_input = identity_from_input and not projected
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(x))
-        short = self.shortcut(out) if self.shortcut is not None else x
+        short = x if self.identity_from_input else self.shortcut(out)
         out = self.conv2(torch.relu(self.bn2(self.conv1(out))))
         return out + short
+
+
+class TextbookPreActBlock(PreActBlock):
+    """The pre-activation block of He et al. 2016: an identity shortcut carries the block's input `x`."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__(cin, cout, stride, identity_from_input=True)
 
 
 class WideBlock(nn.Module):
@@ -89,13 +103,22 @@ def _widths(base: tuple[int, ...], width: float) -> list[int]:
     return [max(4, round(c * width)) for c in base]
 
 
-def preactresnet18(num_classes: int, width: float = 1.0, in_channels: int = 3) -> StagedNet:
-    """PreActResNet-18 of the release (CIFAR stem, no max-pool); 4x4 final map at 32x32, 8x8 at 64x64."""
+def _preactresnet18(block: type[PreActBlock], num_classes: int, width: float, in_channels: int) -> StagedNet:
     c0, c1, c2, c3, c4 = _widths((64, 64, 128, 256, 512), width)
     stem = nn.Sequential(_conv3x3(in_channels, c0), nn.BatchNorm2d(c0), nn.ReLU(inplace=True))
     plan = ((c0, c1, 1), (c1, c2, 2), (c2, c3, 2), (c3, c4, 2))
-    stages = [_stage(PreActBlock, cin, cout, 2, s) for cin, cout, s in plan]
+    stages = [_stage(block, cin, cout, 2, s) for cin, cout, s in plan]
     return StagedNet(stem, stages, _head(c4, num_classes))
+
+
+def preactresnet18(num_classes: int, width: float = 1.0, in_channels: int = 3) -> StagedNet:
+    """PreActResNet-18 of the release (CIFAR stem, no max-pool, its PreActBlock); 4x4 final map at 32x32."""
+    return _preactresnet18(PreActBlock, num_classes, width, in_channels)
+
+
+def preactresnet18_textbook(num_classes: int, width: float = 1.0, in_channels: int = 3) -> StagedNet:
+    """PreActResNet-18 with the textbook block (identity shortcuts carry x, He et al. 2016); same parameters."""
+    return _preactresnet18(TextbookPreActBlock, num_classes, width, in_channels)
 
 
 def wrn16_8(num_classes: int, width: float = 1.0, in_channels: int = 3) -> StagedNet:
@@ -148,6 +171,7 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "preactresnet18": ModelSpec(preactresnet18, 4),
+    "preactresnet18_textbook": ModelSpec(preactresnet18_textbook, 4),
     "wrn16_8": ModelSpec(wrn16_8, 3),
     "resnet50": ModelSpec(resnet50, 4),
 }

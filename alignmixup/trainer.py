@@ -4,6 +4,10 @@ Under an initialised torch.distributed process group the model is wrapped in DDP
 on its own shard and draws its own mixing pairs within its batch; without one it is a plain loop.
 Every random stream of an epoch (shuffle, crops, mixing draws) is seeded from (seed, epoch, rank), so
 a run resumed at an epoch boundary draws exactly what the uninterrupted run would have drawn.
+
+Two protocols pick the best epoch (TrainConfig.selects_on): a validation split carved from the training
+set (tuning), or the release's: the whole training set, the test split evaluated every epoch and the best
+test accuracy reported beside the final one.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,25 +27,35 @@ import torch.nn.functional as F
 
 from alignmixup import checkpoint
 from alignmixup.checkpoint import CheckpointError
-from alignmixup.config import ConfigError, TrainConfig
+from alignmixup.config import TrainConfig
+from alignmixup.console import ConfigError
 from alignmixup.data import load_splits, shard
 from alignmixup.mixing import BatchMix, Mixer
-from alignmixup.models import build_model
+from alignmixup.models import StagedNet, build_model
+
+BYTES_PER_GB = 1e9
 
 
 @dataclass
 class EpochMetrics:
-    """What one epoch recorded (accuracies in percent, reduced over all ranks)."""
+    """What one epoch recorded (accuracies in percent, reduced over all ranks; None: not measured this epoch).
+
+    val_*: None under the release's protocol (no validation split). test_acc: when the test split was evaluated
+    (every epoch, or the last). best_test_acc: the best test_acc so far (the release's reported number).
+    best_val_test_acc: at the last epoch, test top-1 of the best-validation weights. improved: this epoch set a
+    new best on the selecting split, so the best weights are this epoch's.
+    """
 
     epoch: int
     train_loss: float
-    val_loss: float
-    val_acc: float
-    val_top5: float
+    val_loss: float | None
+    val_acc: float | None
+    val_top5: float | None
     test_acc: float | None
-    best_val_acc: float
+    best_val_acc: float | None
     best_test_acc: float | None
     best_val_test_acc: float | None
+    improved: bool
     lr: float
     epoch_time_s: float
     images_per_s: float
@@ -49,9 +63,45 @@ class EpochMetrics:
     train_samples_global: int
     world_size: int
     rank: int
+    gpu_mem_peak_gb: float | None = None
+    evaluations: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Flat metrics: every field, the evaluations (val_ece, test_fgsm_acc, ...) as their own keys."""
+        out = asdict(self)
+        out.update(out.pop("evaluations"))
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EpochMetrics:
+        """Inverse of as_dict (keys that are not fields are the evaluations)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names},
+                   evaluations={k: v for k, v in values.items() if k not in names})
+
+
+def metric_columns(cfg: TrainConfig) -> list[str]:
+    """The metrics a run of `cfg` reports, in EpochMetrics' order: the columns of its metrics table.
+
+    Metrics that the run's protocol never measures are left out (no validation columns under the release's
+    protocol, no test columns with eval_test never, no GPU memory on a CPU).
+    """
+    skip = {"evaluations"}
+    if cfg.selects_on == "test":
+        skip |= {"val_loss", "val_acc", "val_top5", "best_val_acc", "best_val_test_acc"}
+    if cfg.eval_test == "never":
+        skip |= {"test_acc", "best_test_acc", "best_val_test_acc"}
+    if cfg.device == "cpu":
+        skip.add("gpu_mem_peak_gb")
+    return [f.name for f in fields(EpochMetrics) if f.name not in skip]
+
+
+def every_epoch_metrics(cfg: TrainConfig) -> list[str]:
+    """The metrics a run of `cfg` reports with a value at every epoch (what an early-stopping scheduler may use)."""
+    sometimes = {"best_val_test_acc", "gpu_mem_peak_gb"}
+    if cfg.eval_test != "every":
+        sometimes |= {"test_acc", "best_test_acc"}
+    return [c for c in metric_columns(cfg) if c not in sometimes]
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -75,12 +125,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _seed(*parts: int) -> int:
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed mixed from integers (numpy's SeedSequence): distinct parts give independent streams."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
+def _best(new: float | None, old: float | None) -> float | None:
+    return max((a for a in (new, old) if a is not None), default=None)
+
+
 class Trainer:
-    """Builds data, model, optimiser and mixer from a TrainConfig and trains epoch by epoch."""
+    """Builds data, model, optimiser and mixer from a TrainConfig and trains epoch by epoch.
+
+    `model` is what trains (the DDP wrapper under a process group, compiled when asked); `model_without_ddp`
+    is the bare network: evaluation, checkpoints and the best weights use it.
+    """
 
     def __init__(self, cfg: TrainConfig, device: torch.device | None = None) -> None:
         self.cfg = cfg
@@ -100,18 +159,26 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.data = load_splits(cfg, self.device, self.rank)
+        self.data = load_splits(cfg, self.device)
         self.local_batch = cfg.batch_size // self.world_size
+        # one process keeps the last partial batch (the release does); DDP ranks need equal step counts
+        self.drop_last = self.world_size > 1
+        if len(self.data.train_idx) // self.world_size < self.local_batch:
+            raise ConfigError(f"batch_size: {cfg.batch_size} is larger than the training split "
+                              f"({len(self.data.train_idx)} images over {self.world_size} ranks)")
+        if cfg.selects_on == "val" and len(self.data.val_idx) == 0:
+            raise ConfigError(f"val_fraction: {cfg.val_fraction} of {len(self.data.train_idx)} training images "
+                              "leaves an empty validation split (use 0 for the release's protocol)")
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.model = build_model(cfg.network, self.data.num_classes, cfg.width, self.data.channels).to(
-            self.device, memory_format=self.memory_format
-        )
-        net: torch.nn.Module = self.model
+        self.model_without_ddp: StagedNet = build_model(
+            cfg.network, self.data.num_classes, cfg.width, self.data.channels
+        ).to(self.device, memory_format=self.memory_format)
+        model: torch.nn.Module = self.model_without_ddp
         if distributed:
-            net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if cuda else None)
-        self.net = torch.compile(net) if cfg.compile else net
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if cuda else None)
+        self.model = torch.compile(model) if cfg.compile else model
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            self.model_without_ddp.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             nesterov=cfg.nesterov,
         )
         self.mixer = Mixer(cfg.method, cfg.alpha, cfg.mix_layers, cfg.sinkhorn, self.device)
@@ -119,7 +186,6 @@ class Trainer:
         self.epoch = 0
         self.history: list[EpochMetrics] = []
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.improved = False
 
     # ------------------------------------------------------------------ data
 
@@ -138,48 +204,64 @@ class Trainer:
         return self.history
 
     def train_epoch(self) -> EpochMetrics:
-        """One epoch of training, then validation (and test when asked); returns its metrics."""
+        """One epoch of training, then the evaluations its protocol asks for; returns its metrics."""
         cfg, e = self.cfg, self.epoch
         lr = lr_at(cfg, e)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.mixer.seed(_seed(cfg.seed, e, self.rank, 1))
-        pipe = self.data.train
-        if hasattr(pipe, "gen"):
-            pipe.gen.manual_seed(_seed(cfg.seed, e, self.rank, 2))
-        self.net.train()
-        loss_sum = torch.zeros((), device=self.device)
+        self.mixer.seed(derive_seed(cfg.seed, e, self.rank, 1))
+        self.data.train.reseed(derive_seed(cfg.seed, e, self.rank, 2))
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         steps = samples = 0
         start = time.perf_counter()
-        for x, y in pipe.batches(self.train_indices(e), self.local_batch, train=True):
+        batches = self.data.train.batches(self.train_indices(e), self.local_batch, train=True,
+                                          drop_last=self.drop_last)
+        for x, y in batches:
             loss_sum += self.step(x, y)[0]
             steps += 1
             samples += len(y)
-        train_loss = loss_sum.item() / max(steps, 1)
         elapsed = time.perf_counter() - start
-        global_samples = int(self._all_sum(torch.tensor([float(samples)], device=self.device))[0])
+        loss_total, step_total, sample_total = self._all_sum(
+            torch.stack([loss_sum, loss_sum.new_tensor(float(steps)), loss_sum.new_tensor(float(samples))])
+        ).tolist()
         self.epoch += 1
-        val_loss, val_acc, val_top5 = self.evaluate("val")
-        best_val = max(val_acc, self.history[-1].best_val_acc if self.history else -1.0)
-        self.improved = val_acc > (self.history[-1].best_val_acc if self.history else -1.0)
-        if self.improved:
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        final = self.epoch == cfg.epochs
-        test_acc = best_val_test = None
-        if cfg.eval_test == "every" or (cfg.eval_test == "end" and final):
-            test_acc = self.evaluate("test")[1]
-        if cfg.eval_test != "never" and final:
-            best_val_test = self._test_best_weights()
-        prev_best_test = self.history[-1].best_test_acc if self.history else None
-        best_test = max((a for a in (test_acc, prev_best_test) if a is not None), default=None)
-        metrics = EpochMetrics(
-            epoch=self.epoch, train_loss=train_loss, val_loss=val_loss, val_acc=val_acc, val_top5=val_top5,
-            test_acc=test_acc, best_val_acc=best_val, best_test_acc=best_test, best_val_test_acc=best_val_test,
-            lr=lr, epoch_time_s=elapsed, images_per_s=global_samples / max(elapsed, 1e-9), train_samples=samples,
-            train_samples_global=global_samples, world_size=self.world_size, rank=self.rank,
+        self._sync_buffers()
+        metrics = self._evaluate_epoch(
+            train_loss=loss_total / max(step_total, 1.0), lr=lr, epoch_time_s=elapsed,
+            images_per_s=sample_total / max(elapsed, 1e-9), train_samples=samples,
+            train_samples_global=int(sample_total),
         )
         self.history.append(metrics)
         return metrics
+
+    def _evaluate_epoch(self, **train: Any) -> EpochMetrics:
+        """Validation and test as the protocol asks, the best-so-far bookkeeping and the best weights."""
+        cfg, prev = self.cfg, (self.history[-1] if self.history else None)
+        final = self.epoch == cfg.epochs
+        val_loss = val_acc = val_top5 = test_acc = best_val_test = None
+        if cfg.selects_on == "val":
+            val_loss, val_acc, val_top5 = self.evaluate("val")
+        if cfg.eval_test == "every" or (cfg.eval_test == "end" and final):
+            test_acc = self.evaluate("test")[1]
+        best_val = _best(val_acc, prev and prev.best_val_acc)
+        best_test = _best(test_acc, prev and prev.best_test_acc)
+        selected, best_so_far = (val_acc, prev and prev.best_val_acc) if cfg.selects_on == "val" else (
+            test_acc, prev and prev.best_test_acc)
+        improved = selected is not None and (best_so_far is None or selected > best_so_far)
+        if improved:
+            weights = self.model_without_ddp.state_dict()
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+        if cfg.selects_on == "val" and cfg.eval_test != "never" and final:
+            best_val_test = self._test_best_weights()
+        gpu_mem = torch.cuda.max_memory_allocated(self.device) / BYTES_PER_GB if self.device.type == "cuda" else None
+        return EpochMetrics(
+            epoch=self.epoch, val_loss=val_loss, val_acc=val_acc, val_top5=val_top5, test_acc=test_acc,
+            best_val_acc=best_val, best_test_acc=best_test, best_val_test_acc=best_val_test, improved=improved,
+            world_size=self.world_size, rank=self.rank, gpu_mem_peak_gb=gpu_mem, **train,
+        )
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, BatchMix]:
         """One optimisation step on a batch: mixing draw, forward, mixed loss, backward, SGD update.
@@ -188,7 +270,7 @@ class Trainer:
         """
         mix = self.mixer(x, y)
         with self.autocast:
-            logits = self.net(x, mix)
+            logits = self.model(x, mix)
         loss = mix.loss(logits)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,12 +280,12 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str) -> tuple[float, float, float]:
         """(loss, top-1 %, top-5 %) on the whole 'val' or 'test' split, reduced over ranks."""
-        self.model.eval()  # the bare module: ranks may run different numbers of eval batches
+        self.model_without_ddp.eval()  # the bare module: ranks may run different numbers of eval batches
         totals = torch.zeros(4, device=self.device, dtype=torch.float64)
         batch = max(self.local_batch, 256)
         for x, y in self.data.eval_batches(split, batch, self.rank, self.world_size):
             with self.autocast:
-                logits = self.model(x).float()
+                logits = self.model_without_ddp(x).float()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits = top == y[:, None]
             totals += torch.stack([
@@ -211,18 +293,27 @@ class Trainer:
                 hits.any(dim=1).sum().double(), torch.tensor(float(len(y)), device=self.device, dtype=torch.float64),
             ])
         loss, top1, top5, n = self._all_sum(totals).tolist()
-        n = max(n, 1.0)
         return loss / n, 100.0 * top1 / n, 100.0 * top5 / n
 
     def _test_best_weights(self) -> float | None:
         """Test top-1 of the best-validation weights (the current ones are put back afterwards)."""
         if self.best_state is None:
             return None
-        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model.load_state_dict(self.best_state)
+        current = {k: v.detach().clone() for k, v in self.model_without_ddp.state_dict().items()}
+        self.model_without_ddp.load_state_dict(self.best_state)
         acc = self.evaluate("test")[1]
-        self.model.load_state_dict(current)
+        self.model_without_ddp.load_state_dict(current)
         return acc
+
+    def _sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (BatchNorm running statistics) before evaluation.
+
+        Each rank's last training forward updates its running statistics with its own batch, so without this the
+        ranks would evaluate slightly different models and rank 0's checkpoint would not be the evaluated one.
+        """
+        if self.world_size > 1:
+            for buffer in self.model_without_ddp.buffers():
+                dist.broadcast(buffer, src=0)
 
     def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
@@ -231,31 +322,33 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: weights, optimiser, epoch, history, best weights, RNG states."""
+    def state_dict(self, with_best: bool = True) -> dict[str, Any]:
+        """Everything needed to resume: weights, optimiser, epoch, history, RNG states (and the best weights)."""
         return {
             "config": self.cfg.model_dump(mode="json"),
             "epoch": self.epoch,
-            "model": self.model.state_dict(),
+            "model": self.model_without_ddp.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "best_model": self.best_state,
+            "best_model": self.best_state if with_best else None,
             "history": [m.as_dict() for m in self.history],
             "rng": checkpoint.rng_state(),
         }
 
-    def save_checkpoint(self, path: Path) -> None:
+    def save_checkpoint(self, path: Path, with_best: bool = True) -> None:
         """Write the resumable state atomically (call on rank 0 only)."""
-        checkpoint.save(path, self.state_dict())
+        checkpoint.save(path, self.state_dict(with_best))
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore a state written by save_checkpoint; raises CheckpointError if it does not fit."""
+        """Restore a state written by save_checkpoint; raises CheckpointError if it does not fit this run."""
         state = checkpoint.load(path)
+        checkpoint.check_compatible(path, state, self.cfg)
         try:
-            self.model.load_state_dict(state["model"])
+            self.model_without_ddp.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.epoch = int(state["epoch"])
-            self.history = [EpochMetrics(**m) for m in state["history"]]
-            self.best_state = state["best_model"]
+            self.history = [EpochMetrics.from_dict(m) for m in state["history"]]
+            if state["best_model"] is not None:
+                self.best_state = state["best_model"]
             checkpoint.set_rng_state(state["rng"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path}: does not fit this run ({str(exc).splitlines()[0]})") from None

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 from pyarrow.fs import FileType
 
 from analysis.ray_results import read_ray_results
-from analysis.schema import EPOCHS_TABLE, HP_PREFIX, SWEEP_FILE, TRIALS_TABLE
-from analysis.storage import is_file, read_json, resolve
 from analysis.sweep import SchedulerSettings, scheduler_settings
+from tune_jobs import storage
+from tune_jobs.schema import DECISIONS_TABLE, EPOCHS_TABLE, HP_PREFIX, SWEEP_FILE, TRIALS_TABLE
 
 
 class ExperimentError(ValueError):
@@ -30,6 +30,7 @@ class Experiment:
     trials: pd.DataFrame
     epochs: pd.DataFrame
     sweep: dict[str, Any]
+    decisions: pd.DataFrame | None = None  # the scheduler's recorded decisions (decisions.parquet), when kept
 
     @property
     def name(self) -> str:
@@ -57,27 +58,35 @@ class Experiment:
         return settings
 
 
+def _table(root: str, name: str) -> pd.DataFrame | None:
+    """A parquet table of the experiment, or None when it is not there."""
+    location = storage.join(root, name)
+    if not storage.is_file(location):
+        return None
+    fs, path = storage.resolve(location)
+    return pq.read_table(path, filesystem=fs).to_pandas()
+
+
 def _read(location: str | Path) -> Experiment:
     """Read the experiment at `location`, raising ExperimentError when it is not one."""
-    fs, root = resolve(location)
-    kind = fs.get_file_info(root).type
+    root = storage.absolute(location)
+    kind = storage.file_type(root)
     if kind != FileType.Directory:
         raise ExperimentError(
             f"{location}: " + ("no such directory" if kind == FileType.NotFound else "not a directory")
         )
-    sweep = read_json(fs, f"{root}/{SWEEP_FILE}") if is_file(fs, f"{root}/{SWEEP_FILE}") else {}
-    if is_file(fs, f"{root}/{TRIALS_TABLE}") and is_file(fs, f"{root}/{EPOCHS_TABLE}"):
-        trials = pq.read_table(f"{root}/{TRIALS_TABLE}", filesystem=fs).to_pandas()
-        epochs = pq.read_table(f"{root}/{EPOCHS_TABLE}", filesystem=fs).to_pandas()
-    else:
-        trials, epochs = read_ray_results(fs, root, sweep)
+    if not storage.is_file(storage.join(root, SWEEP_FILE)):
+        raise ExperimentError(f"{location}: not an experiment directory (no {SWEEP_FILE}; alignmixup-tune run makes "
+                              "one)")
+    sweep = storage.read_json(storage.join(root, SWEEP_FILE))
+    trials, epochs = _table(root, TRIALS_TABLE), _table(root, EPOCHS_TABLE)
+    if trials is None or epochs is None:  # still running, cut off, or copied without its tables
+        trials, epochs = read_ray_results(root, sweep)
     if trials.empty:
-        raise ExperimentError(
-            f"{location}: not an experiment directory (no {TRIALS_TABLE} and {EPOCHS_TABLE}, "
-            "no Ray trial results)"
-        )
-    epochs = epochs.sort_values(["trial_id", "epoch"], ignore_index=True)
-    return Experiment(str(location), trials.reset_index(drop=True), epochs, sweep)
+        raise ExperimentError(f"{location}: no trial has reported yet (no {TRIALS_TABLE}, no Ray trial results)")
+    decisions = _table(root, DECISIONS_TABLE)
+    epochs = epochs.sort_values(["trial_id", "epoch"], ignore_index=True, kind="stable")
+    return Experiment(str(location), trials.reset_index(drop=True), epochs, sweep, decisions)
 
 
 def load(location: str | Path) -> Experiment:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.experiment import Experiment
-from analysis.schema import ACCURACY, HP_PREFIX
+from tune_jobs.schema import HP_PREFIX
+
+ACCURACY = "best_val_acc"  # what the tables rank trials by
 
 RESULT_COLUMNS = ["best_val_acc", "last_val_acc", "test_acc", "epochs", "stopped_early", "device_hours"]
 

@@ -11,8 +11,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from analysis.asha import asha_rungs, rung_epochs, rung_results
 from analysis.experiment import Experiment
-from analysis.schema import ACCURACY, HP_PREFIX
+from analysis.leaderboard import ACCURACY
 from analysis.sensitivity import is_continuous
+from tune_jobs.schema import HP_PREFIX
 
 LOG_SCALE = frozenset({"eps", "lr", "weight_decay"})
 MAX_NAMED_CURVES = 12

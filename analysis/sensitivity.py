@@ -7,7 +7,8 @@ import pandas as pd
 from scipy import stats
 
 from analysis.experiment import Experiment
-from analysis.schema import ACCURACY, HP_PREFIX
+from analysis.leaderboard import ACCURACY
+from tune_jobs.schema import HP_PREFIX
 
 
 def is_continuous(values: pd.Series) -> bool:

@@ -69,11 +69,13 @@ def write_tinyimagenet(root: Path, wnids: tuple[str, ...] = ("n01443537", "n0162
     return labels
 
 
-def write_imagefolder(root: Path, classes: int = 3, per_class: int = 5, val: int = 2, seed: int = 0) -> None:
-    """ImageNet's ImageFolder layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG."""
+def write_imagefolder(root: Path, classes: int = 3, per_class: int = 5, val: int = 2, seed: int = 0,
+                      same_image: bool = False) -> None:
+    """ImageNet's ImageFolder layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (one image repeated if asked)."""
     rng = np.random.default_rng(seed)
     for c in range(classes):
         for i in range(per_class):
-            _jpeg(root / "train" / f"n{c:08d}" / f"img_{i}.JPEG", rng, 40)
+            draw = np.random.default_rng(seed) if same_image else rng
+            _jpeg(root / "train" / f"n{c:08d}" / f"img_{i}.JPEG", draw, 40)
         for i in range(val):
             _jpeg(root / "val" / f"n{c:08d}" / f"val_{i}.JPEG", rng, 40)

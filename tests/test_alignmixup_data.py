@@ -5,8 +5,18 @@ import pytest
 import torch
 from data_writers import write_cifar, write_imagefolder, write_tinyimagenet
 
-from alignmixup.config import TrainConfig
-from alignmixup.data import SPECS, DataError, DevicePipeline, load_splits, prepare_data, shard, split_indices
+from alignmixup.config import DATASETS, TrainConfig
+from alignmixup.data import (
+    READERS,
+    SPECS,
+    DataError,
+    DevicePipeline,
+    Normalization,
+    load_splits,
+    prepare_data,
+    shard,
+    split_indices,
+)
 
 
 @pytest.fixture
@@ -90,8 +100,9 @@ def test_crops_and_flips_are_drawn_per_sample():
     img = np.arange(32 * 32, dtype=np.int64).reshape(1, 32, 32, 1) % 251
     x = np.repeat(img.astype(np.uint8), 64, axis=0)
     spec = SPECS["cifar10"]
-    pipe = DevicePipeline(np.repeat(x, 3, axis=3), np.zeros(64, dtype=np.int64), spec, torch.zeros(3), torch.ones(3),
-                          torch.device("cpu"), seed=0)
+    pipe = DevicePipeline(np.repeat(x, 3, axis=3), np.zeros(64, dtype=np.int64), spec,
+                          Normalization((0.0,) * 3, (1.0,) * 3), torch.device("cpu"))
+    pipe.reseed(0)
     out, _ = pipe.batch(torch.arange(64), train=True)
     distinct = {tuple(o[0].flatten()[:40].tolist()) for o in out}
     assert len(distinct) > 20  # one draw per batch would give a single crop
@@ -103,3 +114,42 @@ def test_crops_and_flips_are_drawn_per_sample():
     assert found
     evald, _ = pipe.batch(torch.arange(2), train=False)
     torch.testing.assert_close(evald[0, 0], torch.from_numpy(x[0, :, :, 0]).float() / 255)
+
+
+def test_every_data_set_has_one_spec_and_a_reader():
+    assert tuple(SPECS) == DATASETS
+    assert set(READERS) == set(DATASETS) - {"imagenet"}  # ImageNet is read by ImageFolder
+
+
+def test_release_protocol_carves_nothing_out_of_training():
+    s = load_splits(TrainConfig(dataset="digits", val_fraction=0), torch.device("cpu"))
+    assert len(s.val_idx) == 0 and sorted(s.train_idx.tolist()) == list(range(len(s.train)))
+
+
+def test_one_process_keeps_the_last_partial_batch_ddp_drops_it():
+    s = load_splits(TrainConfig(dataset="digits", val_fraction=0), torch.device("cpu"))
+    idx = torch.arange(10)
+    assert [len(y) for _, y in s.train.batches(idx, 4, train=True, drop_last=False)] == [4, 4, 2]
+    assert [len(y) for _, y in s.train.batches(idx, 4, train=True, drop_last=True)] == [4, 4]
+
+
+def _imagenet_crops(root, rank: int, epoch: int, workers: int) -> torch.Tensor:
+    """Training batches of the first 8 images as the trainer draws them for (seed 3, epoch, rank)."""
+    from alignmixup.trainer import derive_seed
+
+    cfg = TrainConfig(dataset="imagenet", data_dir=root, network="resnet50", val_fraction=0, loader_workers=workers)
+    s = load_splits(cfg, torch.device("cpu"))
+    s.train.reseed(derive_seed(3, epoch, rank, 2))
+    return torch.cat([x for x, _ in s.train.batches(torch.arange(8), 2, train=True, drop_last=False)])
+
+
+def test_imagenet_augmentation_is_drawn_per_rank_epoch_and_worker(tmp_path):
+    write_imagefolder(tmp_path, classes=2, per_class=4, same_image=True)  # 8 copies of one image
+    crops = _imagenet_crops(tmp_path, rank=0, epoch=0, workers=2)
+    torch.testing.assert_close(crops, _imagenet_crops(tmp_path, rank=0, epoch=0, workers=2))  # reproducible
+    assert not torch.allclose(crops, _imagenet_crops(tmp_path, rank=1, epoch=0, workers=2))  # per rank
+    assert not torch.allclose(crops, _imagenet_crops(tmp_path, rank=0, epoch=1, workers=2))  # per epoch
+    # worker 0 makes batches 0 and 2, worker 1 batches 1 and 3: one image, so equal batches mean equal draws
+    assert not torch.allclose(crops[0:2], crops[2:4])
+    single = _imagenet_crops(tmp_path, rank=0, epoch=0, workers=0)
+    assert not torch.allclose(single, _imagenet_crops(tmp_path, rank=1, epoch=0, workers=0))

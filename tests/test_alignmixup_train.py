@@ -72,13 +72,21 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     tr = Trainer(small(epochs=1, threads=1))
+    losses: list[float] = []
+    step = tr.step
+    tr.step = lambda x, y: (out := step(x, y), losses.append(out[0].item()))[0]  # every batch's loss on this rank
+    buffers: list[list[torch.Tensor]] = []
+    evaluate = tr.evaluate
+    tr.evaluate = lambda split: (buffers.append([b.clone() for b in tr.model_without_ddp.buffers()]),
+                                 evaluate(split))[1]  # the buffers each evaluation sees
     tr.fit()
-    torch.save({"indices": tr.train_indices(0), "params": [p.detach() for p in tr.model.parameters()],
-                "metrics": tr.history[-1].as_dict()}, f"{out}/rank{rank}.pt")
+    torch.save({"indices": tr.train_indices(0), "params": [p.detach() for p in tr.model_without_ddp.parameters()],
+                "metrics": tr.history[-1].as_dict(), "losses": losses, "eval_buffers": buffers},
+               f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_gloo_ddp_two_ranks_disjoint_shards_same_weights(tmp_path):
+def test_gloo_ddp_two_ranks_disjoint_shards_same_weights_same_evaluated_model(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -92,3 +100,32 @@ def test_gloo_ddp_two_ranks_disjoint_shards_same_weights(tmp_path):
     assert m0["world_size"] == 2 and m0["train_samples"] == m1["train_samples"] == 32 * (len(r0["indices"]) // 32)
     assert m0["train_samples_global"] == 2 * m0["train_samples"]
     assert m0["val_acc"] == m1["val_acc"]  # reduced over both ranks' halves of the val split
+    # each rank's last batch moved its own BN running statistics; evaluation saw rank 0's on both ranks
+    assert len(r0["eval_buffers"]) == len(r1["eval_buffers"]) >= 2  # val, then test of the last epoch
+    for seen0, seen1 in zip(r0["eval_buffers"], r1["eval_buffers"], strict=True):
+        for a, b in zip(seen0, seen1, strict=True):
+            assert torch.equal(a, b)
+    # the reported train loss is the mean over both ranks' batches, not rank 0's shard
+    both = r0["losses"] + r1["losses"]
+    assert m0["train_loss"] == m1["train_loss"] == pytest.approx(sum(both) / len(both), rel=1e-9)
+    assert sum(r0["losses"]) / len(r0["losses"]) != pytest.approx(m0["train_loss"], rel=1e-9)
+
+
+def test_one_process_trains_on_every_image_of_the_split():
+    tr = Trainer(small(epochs=1, batch_size=64))
+    (m,) = tr.fit()
+    assert len(tr.data.train_idx) % 64 and m.train_samples == m.train_samples_global == len(tr.data.train_idx)
+
+
+def test_release_protocol_selects_on_test_and_reports_no_validation():
+    tr = Trainer(small(epochs=3, val_fraction=0))
+    history = tr.fit()
+    assert tr.cfg.eval_test == "every" and len(tr.data.train_idx) == len(tr.data.train)
+    assert all(m.val_acc is None and m.val_loss is None and m.best_val_acc is None for m in history)
+    tests = [m.test_acc for m in history]
+    assert all(t is not None for t in tests)
+    assert [m.best_test_acc for m in history] == [max(tests[:i + 1]) for i in range(3)]
+    best_epoch = max(range(3), key=lambda i: (tests[i], -i))
+    assert [m.improved for m in history][best_epoch] and tr.best_state is not None
+    tr.model_without_ddp.load_state_dict(tr.best_state)
+    assert tr.evaluate("test")[1] == history[-1].best_test_acc  # the kept weights are the best-test epoch's

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import REPO, SMALL_SWEEP
 
-from alignmixup.config import ConfigError
-from tune_jobs import cli, config
+from alignmixup.console import ConfigError
+from tune_jobs import cli, config, preflight, presets
 
 # The CLI's main() for each argv in one subprocess (one torch import); it reports whether Ray was imported.
 CASES_SCRIPT = """
@@ -60,7 +60,17 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "bad eps range": ({"search": {"eps": {"loguniform": [1.0, 0.1]}}}, "search.eps.loguniform: low must be < high"),
     "unknown scheduler": ({"scheduler": {"kind": "pbt"}}, "scheduler: Input tag 'pbt'"),
-    "metric not reported": ({"scheduler": {"metric": "accuracy"}}, "scheduler.metric: not a reported metric"),
+    "metric not reported": ({"scheduler": {"metric": "accuracy"}}, "scheduler.metric: not reported at every epoch"),
+    "metric not reported every epoch": (
+        {"scheduler": {"metric": "test_acc"}}, "scheduler.metric: not reported at every epoch (got 'test_acc'"
+    ),
+    "best test metric": ({"scheduler": {"metric": "best_val_test_acc"}}, "scheduler.metric: not reported at every"),
+    "selection on test": ({"train": {"val_fraction": 0}}, "train.val_fraction: a sweep selects on a validation"),
+    "copies of one grid": (
+        {"search": {"alpha": {"grid": [1.0, 2.0]}, "mix_layers": "0,4", "eps": 0.1}, "num_samples": 3},
+        "num_samples: with nothing to sample",
+    ),
+    "repeats 0": ({"repeats": 0}, "repeats: Input should be greater than or equal to 1"),
     "grace above max_t": ({"scheduler": {"grace_period": 9}}, "scheduler.grace_period: must be <= max_t (4)"),
     "fraction of a GPU on CPU": ({"scaling": {"gpus_per_worker": 0.5}}, "scaling.gpus_per_worker: needs use_gpu"),
     "epochs set twice": ({"train": {"epochs": 3}}, "train.epochs: set by the sweep; use scheduler.max_t"),
@@ -106,7 +116,7 @@ def test_bad_configs_exit_2_within_seconds_without_ray(tmp_path: Path) -> None:
     assert not report["ray_imported"], "a bad config got as far as importing Ray"
     for key, result in zip(cases, report["results"], strict=True):
         assert result["rc"] == 2, (key, result)
-        assert result["stderr"].startswith(f"alignmixup-tune: {key}"), (key, result["stderr"])
+        assert result["stderr"].startswith(f"alignmixup-tune: error: {key}"), (key, result["stderr"])
         assert result["stderr"].count("\n") == 1
         assert result["seconds"] < 5
     assert time.monotonic() - start < 60
@@ -121,9 +131,26 @@ def test_existing_experiment_is_not_overwritten(tmp_path: Path) -> None:
         cli.prepare_run(cli.parser().parse_args(["run", "quickstart", "--storage", str(tmp_path), "--name", "taken"]))
 
 
-@pytest.mark.parametrize("name", config.preset_names())
+def test_each_trial_has_its_own_reproducible_seed_and_equal_configurations_share_an_id() -> None:
+    sweep = config.validate(SMALL_SWEEP)
+    sampled = {"alpha": 0.5, "eps": 0.02, "mix_layers": "0,2"}
+    (cfg0, id0), (cfg1, id1) = (config.trial_settings(sweep, sampled, r) for r in (0, 1))
+    assert id0["config_id"] == id1["config_id"] and cfg0.seed != cfg1.seed
+    assert (id0["seed"], id0["repeat"], id1["repeat"]) == (cfg0.seed, 0, 1)
+    assert config.trial_settings(sweep, dict(sampled), 1)[0].seed == cfg1.seed  # reproducible
+    other, other_id = config.trial_settings(sweep, {**sampled, "alpha": 0.6}, 0)
+    assert other_id["config_id"] != id0["config_id"] and other.seed != cfg0.seed
+    reseeded = config.trial_settings(config.validate({**SMALL_SWEEP, "seed": 4}), sampled, 0)[0]
+    assert reseeded.seed != cfg0.seed
+    # the validation split is the sweep's, whatever the trial's seed: every trial is selected on the same images
+    assert cfg0.validation_seed == cfg1.validation_seed == SMALL_SWEEP["seed"] and reseeded.validation_seed == 4
+    assert {k: v for k, v in id0.items() if k.startswith("hp_")} == {
+        f"hp_{k}": v for k, v in config.hyperparameter_values(cfg0).items()}
+
+
+@pytest.mark.parametrize("name", presets.preset_names())
 def test_presets_validate(name: str) -> None:
-    raw, stem = config.load_raw(name)
+    raw, stem = presets.load_raw(name)
     sweep = config.validate(raw)
     assert stem == name and raw["description"]
     cfg = sweep.trial_config({})
@@ -134,7 +161,7 @@ def test_presets_validate(name: str) -> None:
 
 
 def test_quickstart_is_the_issue_s_sweep() -> None:
-    sweep = config.validate(config.load_raw("quickstart")[0])
+    sweep = config.validate(presets.load_raw("quickstart")[0])
     cfg = sweep.trial_config({})
     assert (cfg.dataset, cfg.network, cfg.width, cfg.device) == ("digits", "preactresnet18", 0.25, "cpu")
     assert sweep.scaling.num_workers == 2 and not sweep.scaling.use_gpu
@@ -145,13 +172,13 @@ def test_quickstart_is_the_issue_s_sweep() -> None:
 
 
 def test_gpu_presets_share_gpus_and_imagenet_needs_shared_storage(tmp_path: Path) -> None:
-    shares = {n: config.validate(config.load_raw(n)[0]).scaling.gpus_per_worker
-              for n in config.preset_names() if n.startswith("cifar")}
+    shares = {n: config.validate(presets.load_raw(n)[0]).scaling.gpus_per_worker
+              for n in presets.preset_names() if n.startswith("cifar")}
     assert all(1 / g in (2, 4) for g in shares.values())
-    imagenet = config.validate({**config.load_raw("imagenet-resnet50")[0], "storage": str(tmp_path)})
+    imagenet = config.validate({**presets.load_raw("imagenet-resnet50")[0], "storage": str(tmp_path)})
     with pytest.raises(ConfigError, match=r"storage: a multi-node trial .* s3://"):
-        config.check_storage(imagenet)
-    config.check_storage(imagenet.model_copy(update={"storage": "s3://bucket/sweeps"}))
+        preflight.check_storage(imagenet)
+    preflight.check_storage(imagenet.model_copy(update={"storage": "s3://bucket/sweeps"}))
 
 
 def test_trial_config_maps_hyperparameters_onto_train_config() -> None:
@@ -180,9 +207,9 @@ def test_search_space_is_data() -> None:
 def test_presets_command_lists_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["presets"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == config.preset_names()
+    assert [line.split()[0] for line in lines] == presets.preset_names()
     assert cli.main(["presets", "quickstart"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out) == config.load_raw("quickstart")[0]
+    assert yaml.safe_load(capsys.readouterr().out) == presets.load_raw("quickstart")[0]
 
 
 def test_readme_sweep_file_example_validates() -> None:

@@ -5,42 +5,43 @@
     alignmixup-tune resume runs/tune/quickstart-20261124-181500
     alignmixup-tune presets [NAME]
 
-Configuration errors print one line naming the key and exit with code 2 before Ray is imported.
+Configuration errors print one line naming the key and exit with code 2 before Ray is imported. A sweep in
+which every trial failed exits with code 1; an interrupted one with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from alignmixup.config import ConfigError
-from tune_jobs import config
-from tune_jobs.layout import HP_PREFIX, SWEEP_FILE
+from alignmixup.console import ConfigError, Parser, add_version, run_command
+from tune_jobs import config, preflight, presets, storage
+from tune_jobs.schema import HP_PREFIX, SWEEP_FILE
 
 if TYPE_CHECKING:
     from tune_jobs import driver as driver_types
 
-EXIT_BAD_CONFIG = 2
+PROG = "alignmixup-tune"
+EXIT_ALL_FAILED = 1
 EXIT_INTERRUPTED = 130
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
+STORAGE_ENV = "ALIGNMIXUP_STORAGE"  # a cluster's default storage (its nodes set it): used when the sweep gives none
 
 
 def parser() -> argparse.ArgumentParser:
     """The command line."""
-    p = _Parser(prog="alignmixup-tune", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    r = sub.add_parser("run", help="start a sweep from a YAML file or a preset name")
+    p = Parser(prog=PROG, description=__doc__)
+    add_version(p)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    r = sub.add_parser("run", help="start a sweep from a YAML file or a preset name", description=None)
     r.add_argument("config", metavar="CONFIG_OR_PRESET")
-    r.add_argument("--storage", help="directory or URI (s3://, gs://) that holds the experiment")
+    r.add_argument("--storage", help=f"directory or URI (s3://, gs://) that holds the experiment (default: the "
+                   f"sweep's, else ${STORAGE_ENV}, else runs/tune)")
     r.add_argument("--name", help="experiment name (default: <config name>-<date>-<time>)")
-    r.add_argument("--num-samples", type=int, help="trials to sample (with a grid: repeats of it)")
+    r.add_argument("--num-samples", type=int, help="configurations to sample")
     r.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
     s = sub.add_parser("resume", help="finish an interrupted sweep")
     s.add_argument("experiment", metavar="EXPERIMENT_DIR")
@@ -53,71 +54,98 @@ def parser() -> argparse.ArgumentParser:
 def presets_text(name: str | None) -> str:
     """One line per shipped preset, or the YAML of one."""
     if name is None:
-        return "\n".join(config.summary_line(n) for n in config.preset_names())
-    if name not in config.preset_names():
-        raise ConfigError(f"preset: unknown {name!r} (presets: {', '.join(config.preset_names())})")
-    return config.preset_text(name)
+        return "\n".join(presets.summary_line(n) for n in presets.preset_names())
+    if name not in presets.preset_names():
+        raise ConfigError(f"preset: unknown {name!r} (presets: {', '.join(presets.preset_names())})")
+    return presets.preset_text(name)
 
 
 def prepare_run(args: argparse.Namespace) -> tuple[config.SweepConfig, str]:
     """Validate the sweep with the command line's overrides and check its storage (no Ray)."""
-    raw, stem = config.load_raw(args.config)
+    raw, stem = presets.load_raw(args.config)
+    if "storage" not in raw and os.environ.get(STORAGE_ENV):
+        raw["storage"] = os.environ[STORAGE_ENV]
     overrides = {"storage": args.storage, "name": args.name, "num_samples": args.num_samples}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     raw.setdefault("name", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     sweep = config.validate(raw)
-    config.check_storage(sweep)
-    experiment = config.experiment_path(sweep.storage, sweep.name)
-    if not config.URI.match(experiment) and Path(experiment).exists():
-        raise ConfigError(f"name: {experiment} exists; resume it with `alignmixup-tune resume {experiment}`")
+    preflight.check_storage(sweep)
+    sweep = sweep.model_copy(update={"storage": storage.absolute(sweep.storage)})  # resume finds it from anywhere
+    experiment = config.experiment_path(sweep.storage, sweep.name or "")
+    if storage.exists(experiment):
+        raise ConfigError(f"name: {experiment} exists; resume it with `{PROG} resume {experiment}`")
     return sweep, experiment
 
 
 def prepare_resume(args: argparse.Namespace) -> str:
     """The experiment to resume, as the path or URI Tune restores from."""
-    experiment = args.experiment
-    if config.URI.match(experiment):
-        return experiment.rstrip("/")
-    path = Path(experiment).expanduser().resolve()
-    if not (path / SWEEP_FILE).is_file():
-        raise ConfigError(f"experiment: {experiment} holds no {SWEEP_FILE} (not a directory `run` made)")
-    return str(path)
+    experiment = storage.absolute(args.experiment)
+    if not storage.is_file(storage.join(experiment, SWEEP_FILE)):
+        raise ConfigError(f"experiment: {args.experiment} holds no {SWEEP_FILE} (not a directory `run` made)")
+    return experiment
+
+
+def _hp_text(row: object, columns: list[str]) -> str:
+    values = []
+    for c in columns:
+        value = row[c]  # type: ignore[index]
+        values.append(f"{c.removeprefix(HP_PREFIX)}={value:.4g}" if isinstance(value, float) else
+                      f"{c.removeprefix(HP_PREFIX)}={value}")
+    return ", ".join(values)
 
 
 def summarise(outcome: driver_types.Outcome) -> int:
-    """Print the best trial and where the tables are; returns the exit code."""
+    """Print what the sweep did, its best configuration and where the tables are; returns the exit code."""
     sweep, trials, epochs = outcome.sweep, outcome.trials, outcome.epochs
     statuses = ", ".join(f"{n} {s.lower()}" for s, n in trials["status"].value_counts().items())
+    device = "GPU" if sweep.scaling.use_gpu else "CPU"
     print(f"\n{len(trials)} trials: {statuses}; {int(trials['stopped_early'].sum())} stopped early by ASHA; "
-          f"{trials['device_hours'].sum():.4f} {trials['device'].iloc[0].upper()}-hours")
-    if not epochs.empty:
+          f"{trials['device_hours'].sum():.4f} {device}-hours")
+    if sweep.search_alg == "optuna":
+        print(f"Optuna ran at most {outcome.concurrency} trials at once"
+              + (" (the cluster's trial slots; set max_concurrent_trials to change it)"
+                 if sweep.max_concurrent_trials is None else " (max_concurrent_trials)"))
+    if not epochs.empty and sweep.metric in epochs:
         per_trial = epochs.groupby("trial_id")[sweep.metric].agg(sweep.mode)
         best = per_trial.idxmax() if sweep.mode == "max" else per_trial.idxmin()
         row = trials.set_index("trial_id").loc[best]
-        hps = ", ".join(f"{c.removeprefix(HP_PREFIX)}={row[c]:.4g}" if isinstance(row[c], float)
-                        else f"{c.removeprefix(HP_PREFIX)}={row[c]}" for c in trials.columns if c.startswith(HP_PREFIX))
-        print(f"best trial {best}: {sweep.metric} {per_trial[best]:.2f} after {row['epochs']} epochs; {hps}")
+        hps = [c for c in trials.columns if c.startswith(HP_PREFIX)]
+        print(f"best trial {best}: {sweep.metric} {per_trial[best]:.2f} after {row['epochs']} epochs; "
+              f"{_hp_text(row, hps)}")
     print(f"tables in {outcome.experiment}: {', '.join(outcome.files)}")
+    if outcome.errors:
+        where = storage.join(outcome.experiment, "trial_<id>", "error.txt")
+        print(f"{len(outcome.errors)} of {len(trials)} trials failed: {', '.join(sorted(outcome.errors))}; "
+              f"their errors are in {where}", file=sys.stderr)
     if outcome.interrupted:
-        print(f"interrupted; finish it with: alignmixup-tune resume {outcome.experiment}")
+        print(f"interrupted; finish it with: {PROG} resume {outcome.experiment}")
         return EXIT_INTERRUPTED
+    if len(trials) and len(outcome.errors) == len(trials):
+        first = next(iter(sorted(outcome.errors.values())))
+        print(f"{PROG}: every trial failed; the first error: {_first_error_line(first)}", file=sys.stderr)
+        return EXIT_ALL_FAILED
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
+def _first_error_line(location: str) -> str:
+    """The last line of a Tune error file (the exception itself), or where it is if unreadable."""
     try:
-        args = parser().parse_args(argv)
-        if args.command == "presets":
-            print(presets_text(args.name))
-            return 0
-        if args.command == "run":
-            sweep, experiment = prepare_run(args)
-        else:
-            experiment = prepare_resume(args)
-    except ConfigError as exc:
-        print(f"alignmixup-tune: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        lines = [line for line in storage.read_text(location).splitlines() if line.strip()]
+    except OSError:
+        return location
+    return lines[-1].strip() if lines else location
+
+
+def run(argv: Sequence[str] | None) -> int:
+    """Parse, validate (no Ray), then run, resume or list."""
+    args = parser().parse_args(argv)
+    if args.command == "presets":
+        print(presets_text(args.name))
+        return 0
+    if args.command == "run":
+        sweep, experiment = prepare_run(args)
+    else:
+        experiment = prepare_resume(args)
     from tune_jobs import driver  # Ray is imported only once the configuration is known to be good
 
     if args.command == "run":
@@ -125,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         outcome = driver.resume(experiment, args.address)
     return summarise(outcome)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    return run_command(PROG, run, argv)
 
 
 if __name__ == "__main__":

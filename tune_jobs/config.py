@@ -1,22 +1,17 @@
 """Sweep configuration: a YAML file or shipped preset validated into typed models, with no Ray involved.
 
-A sweep names a base training recipe (`recipe`, one of alignmixup's published presets, plus `train`
-overrides), a search space over the hyperparameters in `HYPERPARAMETERS` (each fixed or a
-distribution), the scheduler, the search algorithm, the failure policy, the storage and how each
-trial scales. Validation builds the trainer's own `TrainConfig` for every candidate value, so an
-error such as a mixing layer the network lacks is caught here, before any Ray process starts.
+A sweep names a base training recipe (`recipe`, one of alignmixup's recipes, plus `train` overrides), a search
+space over the hyperparameters in `tune_jobs.schema.HYPERPARAMETERS` (each fixed or a distribution), how many
+seeds each configuration trains under (`repeats`), the scheduler, the search algorithm, the failure policy, the
+storage and how each trial scales. Validation builds the trainer's own `TrainConfig` for every candidate value,
+so an error such as a mixing layer the network lacks is caught here, before any Ray process starts.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-from importlib import resources
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -27,53 +22,30 @@ from pydantic import (
     model_validator,
 )
 
-from alignmixup.config import ConfigError, TrainConfig
-from alignmixup.presets import PRESETS as RECIPES
-from alignmixup.trainer import EpochMetrics
+from alignmixup.config import Strict, TrainConfig, error_line
+from alignmixup.console import ConfigError
+from alignmixup.presets import RECIPES
+from alignmixup.trainer import every_epoch_metrics
+from tune_jobs import storage
+from tune_jobs.schema import HP_PREFIX, HYPERPARAMETERS, config_id, layers_text, trial_seed
 
-# hyperparameter name -> its path inside TrainConfig
-HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
-    "alpha": ("alpha",),
-    "mix_layers": ("mix_layers",),
-    "eps": ("sinkhorn", "eps"),
-    "cost_scaling": ("sinkhorn", "cost_scaling"),
-    "method": ("method",),
-    "lr": ("lr",),
-    "weight_decay": ("weight_decay",),
-}
 NUMERIC = frozenset({"alpha", "eps", "lr", "weight_decay"})
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform")
+RANDOM = frozenset({"choice", "uniform", "loguniform"})  # kinds a search algorithm samples
 # TrainConfig fields the sweep sets itself, and where the user sets them instead
 SWEEP_OWNED = {
-    "seed": "the top-level seed",
+    "seed": "the top-level seed (each trial's seed is derived from it)",
+    "split_seed": "the top-level seed",
     "device": "scaling.use_gpu",
     "epochs": "scheduler.max_t",
 }
-URI = re.compile(r"^[a-z][a-z0-9+.-]*://")
 LAYERS_TEXT = re.compile(r"^\d+(,\d+)*$")
-KEYED = re.compile(r"^[A-Za-z_][\w.]*: ")  # a validator message that starts with the key it is about
+SCHEDULER_TAGS = frozenset({"asha", "fifo"})  # pydantic's union tags, not keys the user wrote
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def error_line(exc: ValidationError, prefix: str = "") -> str:
-    """The first pydantic error as one line `key.path: message (got value)`."""
-    err = exc.errors()[0]
-    loc = [prefix] if prefix else []
-    loc += [str(p) for p in err["loc"] if p not in ("asha", "fifo")]  # drop the scheduler union's tag
-    msg = err["msg"].removeprefix("Value error, ")
-    if KEYED.match(msg):
-        return ".".join([*loc, msg])
-    got = err.get("input")
-    shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
-    return f"{'.'.join(loc)}: {msg}{shown}"
-
-
-def layers_text(layers: list[int]) -> str:
-    """Mixing layers as the text used in search spaces and tables, e.g. [0, 4] -> "0,4"."""
-    return ",".join(str(k) for k in layers)
+def sweep_error(exc: ValidationError, prefix: str = "") -> str:
+    """A sweep's validation error as one line naming the key."""
+    return error_line(exc, prefix, skip=SCHEDULER_TAGS)
 
 
 def parse_layers(text: str) -> list[int]:
@@ -131,7 +103,7 @@ def _dump_param(p: Param) -> Any:
 SearchParam = Annotated[Param, BeforeValidator(_parse_param), PlainSerializer(_dump_param)]
 
 
-class SearchSpace(_Strict):
+class SearchSpace(Strict):
     """Hyperparameters to search; one left out keeps the recipe's value (or `train`'s)."""
 
     alpha: SearchParam | None = None
@@ -159,7 +131,7 @@ class SearchSpace(_Strict):
         return self
 
 
-class _Scheduler(_Strict):
+class _Scheduler(Strict):
     """What every scheduler has: the metric that ranks trials, its mode, and the epochs of a full trial."""
 
     metric: str = "val_acc"
@@ -187,7 +159,7 @@ class Fifo(_Scheduler):
     kind: Literal["fifo"]
 
 
-class Scaling(_Strict):
+class Scaling(Strict):
     """Resources of one trial: its DDP workers and its Tune driver."""
 
     num_workers: int = Field(2, ge=1)
@@ -222,20 +194,23 @@ class Scaling(_Strict):
         return self.num_workers * per_worker
 
 
-class SweepConfig(_Strict):
+class SweepConfig(Strict):
     """A whole sweep; `name` and `storage` place it at <storage>/<name>."""
 
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     storage: str = "runs/tune"
-    seed: int = Field(8492, ge=0, description="seeds the search algorithm and every trial's training")
-    recipe: str | None = Field(None, description="an alignmixup preset to start `train` from")
+    seed: int = Field(8492, ge=0, description="seeds the search, the validation split and (derived) every trial")
+    recipe: str | None = Field(None, description="an alignmixup recipe to start `train` from")
     train: dict[str, Any] = Field(default_factory=dict)
     search: SearchSpace = Field(default_factory=SearchSpace)
+    repeats: int = Field(1, ge=1, description="seeds each sampled configuration trains under")
     scheduler: Asha | Fifo = Field(discriminator="kind")
     search_alg: Literal["random", "optuna"] = "random"
-    num_samples: int = Field(1, ge=1)
-    max_concurrent_trials: int | None = Field(None, ge=1)
+    num_samples: int = Field(1, ge=1, description="configurations to sample (each trained `repeats` times)")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="None: no limit for random search; Optuna: the trial slots of the cluster"
+    )
     max_failures: int = Field(2, ge=0, description="retries of a trial (Tune) and of its workers (Train)")
     scaling: Scaling = Field(default_factory=Scaling)
 
@@ -246,41 +221,51 @@ class SweepConfig(_Strict):
         for key, where in SWEEP_OWNED.items():
             if key in self.train:
                 raise ValueError(f"train.{key}: set by the sweep; use {where}")
-        for name, p in self.search.params().items():
+        params = self.search.params()
+        for name, p in params.items():
             if _lookup(self.train, HYPERPARAMETERS[name]) is not None:
                 raise ValueError(f"search.{name}: also set in train; set it in one place")
             if self.search_alg == "optuna" and p.kind == "grid":
                 raise ValueError(f"search.{name}: grid needs search_alg random (Optuna samples, it has no grid)")
         base = self._base()
+        if base.get("val_fraction", TrainConfig.model_fields["val_fraction"].default) == 0:
+            raise ValueError("train.val_fraction: a sweep selects on a validation split, never on the test set "
+                             "(got 0; use e.g. 0.1)")
         try:
-            TrainConfig.model_validate(base)
+            cfg = TrainConfig.model_validate(base)
         except ValidationError as exc:
-            raise ValueError(error_line(exc, prefix="train")) from None
-        for name, p in self.search.params().items():
+            raise ValueError(sweep_error(exc, prefix="train")) from None
+        for name, p in params.items():
             for value in p.values:
                 _check_value(base, name, value)
-        workers, batch = self.scaling.num_workers, self.trial_config({}).batch_size
+        if self.num_samples > 1 and not any(p.kind in RANDOM for p in params.values()):
+            raise ValueError(f"num_samples: with nothing to sample, every sample repeats the same configurations "
+                             f"(got {self.num_samples}); use repeats: {self.num_samples} to train each under "
+                             f"{self.num_samples} seeds")
+        workers, batch = self.scaling.num_workers, cfg.batch_size
         if batch // workers < 2 or batch % workers:
             raise ValueError(f"scaling.num_workers: train.batch_size {batch} does not split into {workers} workers")
-        if self.scheduler.metric not in EpochMetrics.__dataclass_fields__:
-            raise ValueError(
-                f"scheduler.metric: not a reported metric (got {self.scheduler.metric!r}; "
-                f"known: {', '.join(EpochMetrics.__dataclass_fields__)})"
-            )
+        reported = every_epoch_metrics(cfg)
+        if self.scheduler.metric not in reported:
+            raise ValueError(f"scheduler.metric: not reported at every epoch (got {self.scheduler.metric!r}; "
+                             f"choose from {', '.join(reported)})")
         return self
 
     def _base(self) -> dict[str, Any]:
         """TrainConfig values before the search: recipe, then `train`, then what the sweep owns."""
         base = {**(RECIPES[self.recipe] if self.recipe else {}), **self.train}
-        base.update(seed=self.seed, epochs=self.scheduler.max_t, device="cuda" if self.scaling.use_gpu else "cpu")
+        base.update(seed=self.seed, split_seed=self.seed, epochs=self.scheduler.max_t,
+                    device="cuda" if self.scaling.use_gpu else "cpu")
         base.setdefault("threads", self.scaling.threads)
         return base
 
-    def trial_config(self, hyperparameters: dict[str, Any]) -> TrainConfig:
-        """The TrainConfig of a trial with these sampled values (the others at their first value)."""
+    def trial_config(self, hyperparameters: dict[str, Any], seed: int | None = None) -> TrainConfig:
+        """The TrainConfig of a trial with these sampled values (the others at their first value) and seed."""
         base = self._base()
         for name, p in self.search.params().items():
             _assign(base, name, hyperparameters.get(name, p.values[0]))
+        if seed is not None:
+            base["seed"] = seed
         return TrainConfig.model_validate(base)
 
     @property
@@ -301,6 +286,20 @@ def hyperparameter_values(cfg: TrainConfig) -> dict[str, Any]:
             value = getattr(value, part)
         out[name] = layers_text(value) if name == "mix_layers" else value
     return out
+
+
+def trial_settings(sweep: SweepConfig, sampled: dict[str, Any], repeat: int) -> tuple[TrainConfig, dict[str, Any]]:
+    """A trial's TrainConfig, seeded for its configuration and repeat, and what its reports say about it.
+
+    The second value holds the trial's identity (config_id, seed, repeat, dataset, network, width) and its
+    hyperparameters as hp_<name> columns: the worker adds it to every report.
+    """
+    values = hyperparameter_values(sweep.trial_config(sampled))
+    cid = config_id(values)
+    cfg = sweep.trial_config(sampled, seed=trial_seed(sweep.seed, cid, repeat))
+    identity = {"config_id": cid, "seed": cfg.seed, "repeat": repeat, "dataset": cfg.dataset,
+                "network": cfg.network, "width": cfg.width}
+    return cfg, {**identity, **{HP_PREFIX + k: v for k, v in values.items()}}
 
 
 def _lookup(mapping: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -330,39 +329,10 @@ def _check_value(base: dict[str, Any], name: str, value: Any) -> None:
         _assign(trial, name, value)
         TrainConfig.model_validate(trial)
     except ValidationError as exc:
-        raise ValueError(f"search.{name}: {error_line(exc).split(': ', 1)[-1]}") from None
+        raise ValueError(f"search.{name}: {sweep_error(exc).split(': ', 1)[-1]}") from None
 
 
 # ----------------------------------------------------------------------------------- loading
-
-
-def preset_names() -> list[str]:
-    """Names of the presets shipped in tune_jobs/presets."""
-    return sorted(p.name.removesuffix(".yaml") for p in resources.files("tune_jobs.presets").iterdir()
-                  if p.name.endswith(".yaml"))
-
-
-def preset_text(name: str) -> str:
-    """The YAML text of a shipped preset."""
-    return resources.files("tune_jobs.presets").joinpath(f"{name}.yaml").read_text()
-
-
-def load_raw(source: str) -> tuple[dict[str, Any], str]:
-    """(mapping, default experiment stem) from a YAML file path or a preset name."""
-    path = Path(source)
-    if path.is_file():
-        text, stem = path.read_text(), path.stem
-    elif source in preset_names():
-        text, stem = preset_text(source), source
-    else:
-        raise ConfigError(f"config: no file or preset named {source!r} (presets: {', '.join(preset_names())})")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {source} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config: {source} must hold a mapping of sweep settings")
-    return raw, stem
 
 
 def validate(raw: dict[str, Any]) -> SweepConfig:
@@ -370,43 +340,9 @@ def validate(raw: dict[str, Any]) -> SweepConfig:
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(error_line(exc)) from None
+        raise ConfigError(sweep_error(exc)) from None
 
 
-def summary_line(name: str) -> str:
-    """`name: description` of a shipped preset, for `alignmixup-tune presets`."""
-    raw = yaml.safe_load(preset_text(name))
-    return f"{name:<32} {raw.get('description', '')}"
-
-
-# ----------------------------------------------------------------------------------- storage
-
-
-def experiment_path(storage: str, name: str) -> str:
-    """<storage>/<name> for a local directory (made absolute) or a URI."""
-    if URI.match(storage):
-        return f"{storage.rstrip('/')}/{name}"
-    return str(Path(storage).expanduser().resolve() / name)
-
-
-def check_storage(sweep: SweepConfig) -> None:
-    """Storage must be a shared URI for multi-node trials, and a local one must be writable."""
-    storage = sweep.storage
-    if URI.match(storage):
-        if storage.startswith("file://"):
-            raise ConfigError(f"storage: give a local directory as a plain path (got {storage})")
-        return
-    if sweep.scaling.multi_node:
-        raise ConfigError(
-            f"storage: a multi-node trial needs storage every node sees; give a URI such as "
-            f"s3://bucket/sweeps or gs://bucket/sweeps (got the local path {storage})"
-        )
-    path = Path(storage).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"storage: cannot write to {storage} ({exc.strerror or exc})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"storage: cannot write to {storage} (permission denied)")
+def experiment_path(storage_location: str, name: str) -> str:
+    """<storage>/<name>, a local directory made absolute or a URI."""
+    return storage.join(storage.absolute(storage_location), name)

@@ -7,6 +7,7 @@ run from its latest checkpoint; Train's own FailureConfig restarts dead workers 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,21 +20,16 @@ from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
-from tune_jobs import pin_ray_address
-from tune_jobs.config import Param, SweepConfig, validate
-from tune_jobs.layout import TRAIN_RUNS
-from tune_jobs.tables import (
-    TrialRecord,
-    epochs_frame,
-    read_rows,
-    read_sweep,
-    trials_frame,
-    write_sweep,
-    write_tables,
-)
+from alignmixup.console import ConfigError
+from tune_jobs import pin_ray_address, storage
+from tune_jobs.config import Param, SweepConfig, experiment_path, trial_settings, validate
+from tune_jobs.scheduler import RecordedASHA
+from tune_jobs.schema import TRAIN_RUNS, TrialRecord, epochs_frame, read_rows, trials_frame
+from tune_jobs.search import REPEAT_KEY, RepeatedSearch
+from tune_jobs.tables import read_sweep, write_sweep, write_tables
 from tune_jobs.worker import train_loop_per_worker
 
 DOMAINS: dict[str, Callable[[tuple[Any, ...]], Any]] = {
@@ -54,11 +50,13 @@ def trial_dirname(trial: Trial) -> str:
 def run_trial(config: dict[str, Any], sweep: dict[str, Any], experiment: str) -> None:
     """One Tune trial: a Ray Train run of the trial's TrainConfig, reporting to Tune every epoch."""
     sw = validate(sweep)
+    sampled = {k: v for k, v in config.items() if k != REPEAT_KEY}
+    cfg, identity = trial_settings(sw, sampled, int(config.get(REPEAT_KEY, 0)))
     s = sw.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": sw.trial_config(config).model_dump(mode="json")},
+        train_loop_config={"train": cfg.model_dump(mode="json"), "identity": identity},
         scaling_config=ray.train.ScalingConfig(
             num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources,
             placement_strategy=s.placement_strategy,
@@ -66,7 +64,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], experiment: str) ->
         run_config=ray.train.RunConfig(
             # same (storage_path, name) on a retry or resume: Train restores the run from its checkpoint
             name=f"train-{tune.get_context().get_trial_id()}",
-            storage_path=f"{experiment}/{TRAIN_RUNS}",
+            storage_path=storage.join(experiment, TRAIN_RUNS),
             failure_config=ray.train.FailureConfig(max_failures=sw.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
@@ -82,44 +80,67 @@ def trainable(sweep: SweepConfig, experiment: str) -> Any:
 
 
 def param_space(sweep: SweepConfig) -> dict[str, Any]:
-    """The search space as Tune domains (fixed values stay plain)."""
+    """The search space as Tune domains (fixed values stay plain); random search repeats it as a grid."""
     params: dict[str, Param] = sweep.search.params()
-    return {name: DOMAINS[p.kind](p.values) for name, p in params.items()}
+    space = {name: DOMAINS[p.kind](p.values) for name, p in params.items()}
+    if sweep.search_alg == "random" and sweep.repeats > 1:
+        space[REPEAT_KEY] = tune.grid_search(list(range(sweep.repeats)))
+    return space
 
 
-def scheduler(sweep: SweepConfig) -> TrialScheduler:
-    """ASHA on the reported epoch, or FIFO (metric and mode come from the TuneConfig)."""
+def scheduler(sweep: SweepConfig, experiment: str) -> TrialScheduler:
+    """ASHA on the reported epoch, its rungs and decisions kept in the experiment; or FIFO."""
     s = sweep.scheduler
     if s.kind == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="epoch", max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor
-    )
+    return RecordedASHA(experiment, max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 
 
-def search_alg(sweep: SweepConfig) -> Searcher | SearchAlgorithm:
-    """Seeded random search, or Optuna's TPE."""
+def trial_slots(sweep: SweepConfig) -> int:
+    """How many trials of the sweep the cluster can run at once now (at least 1)."""
+    s = sweep.scaling
+    need = {"CPU": s.trial_cpus + s.num_workers * s.cpus_per_worker}
+    if s.use_gpu:
+        need["GPU"] = s.num_workers * s.gpus_per_worker
+    have = ray.cluster_resources()
+    return max(1, min(math.floor(have.get(k, 0.0) / v + 1e-9) for k, v in need.items()))
+
+
+def concurrency(sweep: SweepConfig) -> int | None:
+    """Trials at once: the sweep's limit; for model-based search, by default the cluster's trial slots.
+
+    Without a limit Optuna would be asked for every suggestion up front and learn nothing from results.
+    """
+    if sweep.max_concurrent_trials is not None or sweep.search_alg == "random":
+        return sweep.max_concurrent_trials
+    return trial_slots(sweep)
+
+
+def search_alg(sweep: SweepConfig, limit: int | None) -> Searcher | SearchAlgorithm:
+    """Seeded random search (repeats as a grid with the sampled values held), or Optuna's TPE with repeats."""
     if sweep.search_alg == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=sweep.seed)
+        return RepeatedSearch(OptunaSearch(seed=sweep.seed), repeats=sweep.repeats, max_concurrent=limit)
     # Tune ignores TuneConfig.max_concurrent_trials for a SearchGenerator such as this one: limit it here.
-    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent_trials or 0)
+    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=limit or 0, constant_grid_search=True)
 
 
-def make_tuner(sweep: SweepConfig, experiment: str) -> tune.Tuner:
+def make_tuner(sweep: SweepConfig, experiment: str, limit: int | None) -> tune.Tuner:
     """A fresh Tuner for the sweep, writing to `experiment` (= <storage>/<name>)."""
-    storage, _, name = experiment.rpartition("/")
+    storage_path, _, name = experiment.rpartition("/")
+    samples = sweep.num_samples * (sweep.repeats if sweep.search_alg == "optuna" else 1)
     return tune.Tuner(
         trainable(sweep, experiment),
         param_space=param_space(sweep),
         tune_config=tune.TuneConfig(
-            metric=sweep.metric, mode=sweep.mode, scheduler=scheduler(sweep), search_alg=search_alg(sweep),
-            num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent_trials,
-            trial_dirname_creator=trial_dirname,
+            metric=sweep.metric, mode=sweep.mode, scheduler=scheduler(sweep, experiment),
+            search_alg=search_alg(sweep, limit), num_samples=samples, trial_dirname_creator=trial_dirname,
+            # the search algorithms limit concurrency themselves: given here, Tune would wrap Optuna in a
+            # ConcurrencyLimiter, whose live trials are lost on resume (their results never reach the model)
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=sweep.max_failures)
+            name=name, storage_path=storage_path, failure_config=tune.FailureConfig(max_failures=sweep.max_failures)
         ),
     )
 
@@ -134,25 +155,29 @@ class Outcome:
     epochs: pd.DataFrame
     files: dict[str, str]
     interrupted: bool
+    errors: dict[str, str]  # trial_id -> the error file Tune wrote for it
+    concurrency: int | None
 
 
-def collect(experiment: str) -> list[TrialRecord]:
-    """Every trial of the experiment with its status, sampled config and logged results."""
+def collect(experiment: str) -> tuple[list[TrialRecord], dict[str, str]]:
+    """Every trial of the experiment with its status, sampled config and logged results; and their error files."""
     trials = sorted(tune.ExperimentAnalysis(experiment).trials, key=lambda t: t.trial_id)
-    return [TrialRecord(t.trial_id, t.status, t.config, read_rows(f"{experiment}/{trial_dirname(t)}")) for t in trials]
+    records = [TrialRecord(t.trial_id, t.status, t.config, read_rows(storage.join(experiment, trial_dirname(t))))
+               for t in trials]
+    errors = {t.trial_id: storage.join(experiment, trial_dirname(t), "error.txt") for t in trials
+              if t.status == Trial.ERROR}
+    return records, errors
 
 
-def finish(sweep: SweepConfig, experiment: str) -> Outcome:
+def finish(sweep: SweepConfig, experiment: str, limit: int | None) -> Outcome:
     """Write the tables for the experiment as it stands and say whether it was interrupted."""
-    records = collect(experiment)
-    trials, epochs = trials_frame(records, sweep), epochs_frame(records)
+    records, errors = collect(experiment)
+    raw = sweep.model_dump(mode="json")
+    trials, epochs = trials_frame(records, raw), epochs_frame(records)
     return Outcome(
-        experiment=experiment,
-        sweep=sweep,
-        trials=trials,
-        epochs=epochs,
+        experiment=experiment, sweep=sweep, trials=trials, epochs=epochs,
         files=write_tables(experiment, trials, epochs, sweep),
-        interrupted=any(r.status not in FINISHED for r in records),
+        interrupted=any(r.status not in FINISHED for r in records), errors=errors, concurrency=limit,
     )
 
 
@@ -170,16 +195,25 @@ def run(sweep: SweepConfig, experiment: str, address: str | None = None) -> Outc
     """Start the sweep; write sweep.json first (resume reads it) and the tables at the end."""
     connect(address)
     write_sweep(experiment, sweep)
-    make_tuner(sweep, experiment).fit()
-    return finish(sweep, experiment)
+    limit = concurrency(sweep)
+    make_tuner(sweep, experiment, limit).fit()
+    return finish(sweep, experiment, limit)
 
 
 def resume(experiment: str, address: str | None = None) -> Outcome:
-    """Continue an interrupted sweep: unfinished and errored trials go on, finished ones are kept."""
+    """Continue an interrupted sweep: unfinished and errored trials go on, finished ones are kept.
+
+    The scheduler keeps its rungs in the experiment directory it was created for, so a sweep resumes where it was
+    started (a moved copy would restart ASHA with empty rungs: refused).
+    """
     sweep = read_sweep(experiment)
+    home = experiment_path(sweep.storage, sweep.name or "")
+    if storage.absolute(home) != storage.absolute(experiment):
+        raise ConfigError(f"experiment: {experiment} was started at {home}; resume it there (its scheduler's "
+                          "state is kept at that place)")
     connect(address)
     tuner = tune.Tuner.restore(
         experiment, trainable=trainable(sweep, experiment), resume_unfinished=True, resume_errored=True
     )
     tuner.fit()
-    return finish(sweep, experiment)
+    return finish(sweep, experiment, sweep.max_concurrent_trials)
