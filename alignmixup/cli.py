@@ -33,8 +33,8 @@ FLAGS = {
     "sinkhorn.eps": "--eps", "sinkhorn.max_iter": "--sinkhorn-iters", "sinkhorn.stop": "--sinkhorn-stop",
     "sinkhorn.tol": "--sinkhorn-tol", "sinkhorn.cost_scaling": "--cost-scaling", "val_fraction": "--val-fraction",
     "seed": "--seed", "device": "--device", "eval_test": "--eval-test", "threads": "--threads",
-    "subset": "--subset", "loader_workers": "--workers", "amp": "--no-amp", "channels_last": "--no-channels-last",
-    "compile": "--compile", "nesterov": "--nesterov",
+    "subset": "--subset", "loader_workers": "--workers", "amp": "--amp", "channels_last": "--channels-last",
+    "compile": "--compile", "nesterov": "--nesterov", "split_seed": "--split-seed",
 }
 SINKHORN_ARGS = {"eps": "eps", "sinkhorn_iters": "max_iter", "sinkhorn_stop": "stop", "sinkhorn_tol": "tol",
                  "cost_scaling": "cost_scaling"}
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", "--lr_", dest="lr", type=float)
     g.add_argument("--momentum", type=float)
     g.add_argument("--weight-decay", "--decay", dest="weight_decay", type=float)
-    g.add_argument("--nesterov", action="store_true", default=None)
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
     g.add_argument("--lr-schedule", choices=["step", "cosine"])
     g.add_argument("--schedule", "--milestones", dest="milestones", type=int, nargs="+", help="step epochs")
     g.add_argument("--gammas", type=float, nargs="+", help="lr factor at each milestone")
@@ -116,9 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-test", choices=["never", "end", "every"],
                    help="test top-1 never, at the end, or every epoch (default: end; every with --val-fraction 0)")
     g.add_argument("--threads", type=int, help="torch CPU threads")
-    g.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no bf16 autocast on CUDA")
-    g.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None)
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g.add_argument("--split-seed", type=int, help="the validation split's seed (default: --seed)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast on CUDA "
+                   "(default: on)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="the model in channels_last memory format (default: on)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
     return p
 
 
@@ -204,6 +207,38 @@ def flag_error(exc: ConfigError) -> ConfigError:
     """A `field: message` error from the library as `argument --flag: message`."""
     field, sep, message = str(exc).partition(": ")
     return ConfigError(f"argument {FLAGS[field]}: {message}") if sep and field in FLAGS else exc
+
+
+def command_line(cfg: TrainConfig) -> list[str]:
+    """The `alignmixup-train` arguments that rebuild `cfg` exactly (tests check the round trip).
+
+    Every field that differs from what the command line would otherwise choose (the recipe of the data set and
+    network, and what follows from the flags already given, such as eval_test from val_fraction) is spelled out.
+    """
+    wanted = cfg.model_dump(mode="json")
+    args = ["--dataset", cfg.dataset, "--network", cfg.network]
+    if cfg.data_dir is not None:
+        args += ["--data-dir", str(cfg.data_dir)]
+    for _ in range(len(FLAGS)):
+        chosen = config_from_args(build_parser().parse_args(args)).model_dump(mode="json")
+        missing = [f for f in FLAGS if _lookup(wanted, f) != _lookup(chosen, f)]
+        if not missing:
+            return args
+        args += _flag_args(missing[0], _lookup(wanted, missing[0]))
+    raise ValueError(f"cannot spell {cfg!r} as alignmixup-train arguments")
+
+
+def _flag_args(field: str, value: Any) -> list[str]:
+    flag = FLAGS[field]
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + flag.removeprefix("--")]
+    if field == "mix_layers":
+        return [flag, ",".join(map(str, value))]
+    if isinstance(value, list):
+        return [flag, *(str(v) for v in value)]
+    if value is None:
+        raise ValueError(f"{field}: None cannot be given on the command line")
+    return [flag, str(value)]
 
 
 def default_output_dir(cfg: TrainConfig) -> Path:

@@ -6,9 +6,12 @@ import sys
 import time
 
 import pytest
-from data_writers import write_cifar
+import torch
+from data_writers import write_cifar, write_imagefolder
 
-from alignmixup.cli import main
+from alignmixup.cli import build_parser, config_from_args, main
+from alignmixup.config import TrainConfig
+from alignmixup.trainer import Trainer
 
 
 def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -43,7 +46,80 @@ def test_release_cifar100_command_runs_unchanged_but_for_paths(tmp_path):
     assert "preactresnet18 (width 1.0) on cifar100 with alignmixup" in proc.stdout
     (row,) = rows(save / "metrics.csv")
     assert row["epoch"] == "1" and float(row["lr"]) == pytest.approx(0.1)
-    assert int(row["train_samples"]) == 256  # 270 training images after the 10% val split, batch 128, drop_last
+    # the release's protocol: all 300 training images, the last partial batch kept, test every epoch, no val
+    assert int(row["train_samples"]) == 300 and float(row["test_acc"]) >= 0
+    assert not any(c.startswith("val_") or c.startswith("best_val") for c in row)
+
+
+def test_release_protocol_trains_on_the_whole_split_and_keeps_the_best_test_weights(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("--dataset", "digits", "--val-fraction", "0", "--width", "0.125", "--epochs", "3",
+                   "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr
+    metrics = rows(out / "metrics.csv")
+    assert not [c for c in metrics[0] if "val" in c]  # no validation columns at all, let alone fake zeros
+    cfg = TrainConfig(dataset="digits", val_fraction=0, width=0.125, threads=2)
+    trainer = Trainer(cfg)
+    assert all(int(r["train_samples"]) == len(trainer.data.train) for r in metrics)  # nothing carved out
+    tests = [float(r["test_acc"]) for r in metrics]
+    assert [float(r["best_test_acc"]) for r in metrics] == [max(tests[:i + 1]) for i in range(3)]
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["epoch"] == 1 + tests.index(max(tests))
+    trainer.model_without_ddp.load_state_dict(best["model"])
+    assert trainer.evaluate("test")[1] == pytest.approx(max(tests), abs=1e-9)
+    assert f"best test_acc {max(tests):.2f}" in proc.stdout and f"final test_acc {tests[-1]:.2f}" in proc.stdout
+
+
+def test_release_imagenet_command_runs_unchanged_but_for_paths(tmp_path):
+    """The release's ImageNet README line has no --dataset. Parsed as it is, it is the release's recipe; run, it
+    adds --epochs 1 and, because a CPU test machine cannot hold ResNet-50's activations for a batch of 1024 at
+    224 px (tens of GB), a batch of 8 at width 1/16 over a tiny ImageFolder."""
+    release = ["--data_dir", str(tmp_path / "imagenet"), "--save_dir", str(tmp_path / "save"), "--mini_imagenet",
+               "True", "--subset", "260", "--num_classes", "1000", "--epochs", "300", "--alpha", "2.0",
+               "--batch_size", "1024"]
+    cfg = config_from_args(build_parser().parse_args(release))
+    assert (cfg.dataset, cfg.network, cfg.subset, cfg.batch_size, cfg.epochs, cfg.nesterov) == (
+        "imagenet", "resnet50", 260, 1024, 300, True)
+    assert (cfg.milestones, cfg.val_fraction, cfg.eval_test) == ([75, 150, 225], 0.0, "every")
+    write_imagefolder(tmp_path / "imagenet", classes=3, per_class=6, val=2)
+    proc = run_cli(*release[:-6], "--epochs", "1", "--alpha", "2.0", "--batch_size", "8", "--width", "0.0625")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = rows(tmp_path / "save" / "metrics.csv")
+    assert int(row["train_samples"]) == 18 and float(row["test_acc"]) >= 0
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """A 1-epoch digits run with a cosine schedule and mixing layers 0,3."""
+    out = tmp_path_factory.mktemp("resume") / "run"
+    assert main(["--dataset", "digits", "--width", "0.125", "--epochs", "1", "--lr-schedule", "cosine",
+                 "--mix-layers", "0,3", "--batch-size", "64", "--threads", "2", "--output-dir", str(out)]) == 0
+    return out
+
+
+def test_resume_takes_the_stored_settings(one_epoch_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    assert main(["--resume", "--output-dir", str(run), "--epochs", "2"]) == 0  # a longer run: allowed
+    first, second = rows(run / "metrics.csv")
+    lr = float(first["lr"])
+    assert float(second["lr"]) == pytest.approx(0.5 * lr)  # cosine over 2 epochs, not the step schedule
+    stored = torch.load(run / "checkpoint.pt", weights_only=True)["config"]
+    assert (stored["lr_schedule"], stored["mix_layers"], stored["epochs"]) == ("cosine", [0, 3], 2)
+
+
+@pytest.mark.parametrize("flags,named", [
+    (["--mix-layers", "0,4"], "--mix-layers"), (["--lr-schedule", "step"], "--lr-schedule"),
+    (["--width", "0.5"], "--width"), (["--network", "wrn16_8"], "--network"), (["--eps", "0.5"], "--eps"),
+])
+def test_resume_refuses_flags_that_contradict_the_run(one_epoch_run, capsys, flags, named):
+    before = (one_epoch_run / "checkpoint.pt").read_bytes()
+    assert main(["--resume", "--output-dir", str(one_epoch_run), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"alignmixup-train: error: argument {named}: the run being resumed"), err
+    assert (one_epoch_run / "checkpoint.pt").read_bytes() == before
 
 
 def corrupt_checkpoint(tmp_path) -> list[str]:
@@ -66,6 +142,9 @@ BAD = {
     "wrong class count": (lambda p: ["--num_classes", "100"], "--num_classes"),
     "empty data dir": (empty_cifar_dir, "cifar-10-batches-py"),
     "corrupt checkpoint": (corrupt_checkpoint, "--resume"),
+    "batch larger than the training split": (lambda p: ["--batch-size", "100000000"], "--batch-size"),
+    "a prefix of a flag": (lambda p: ["--epoch", "3"], "--epoch"),
+    "empty validation split": (lambda p: ["--val-fraction", "0.0001"], "--val-fraction"),
 }
 
 
@@ -93,3 +172,18 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path, capsys):
     (tmp_path / "checkpoint.pt").write_bytes(b"x")
     assert main(["--output-dir", str(tmp_path)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cfg", [
+    TrainConfig(dataset="digits", width=0.125, seed=5, split_seed=3, mix_layers=[0, 2], epochs=4, threads=1,
+                sinkhorn={"eps": 0.03, "cost_scaling": "mean"}, lr_schedule="cosine", eval_test="end", device="cpu"),
+    TrainConfig(dataset="cifar10", data_dir="/data/c10", network="wrn16_8", eval_test="every", nesterov=True,
+                amp=False, channels_last=False, method="manifold", alpha=0.7, weight_decay=5e-4),
+    TrainConfig(dataset="imagenet", data_dir="/d", network="resnet50", nesterov=False, subset=10, milestones=[3],
+                gammas=[0.5]),
+    TrainConfig(dataset="tinyimagenet", data_dir="/t", val_fraction=0, sinkhorn={"max_iter": 7, "stop": "fixed"}),
+])
+def test_command_line_rebuilds_the_config(cfg):
+    from alignmixup.cli import command_line
+
+    assert config_from_args(build_parser().parse_args(command_line(cfg))) == cfg

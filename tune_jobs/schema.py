@@ -55,7 +55,7 @@ TUNE_BOOKKEEPING = frozenset({
 # Tune's trial statuses: those of a trial that has not ended
 UNFINISHED = frozenset({"PENDING", "RUNNING", "PAUSED"})
 TRIAL_COLUMNS = (
-    "trial_id", "status", "config_id", "seed", "epochs", "stopped_early", "best_val_acc", "last_val_acc",
+    "trial_id", "status", "config_id", "seed", "repeat", "epochs", "stopped_early", "best_val_acc", "last_val_acc",
     "test_acc", "wall_time_s", "device_hours", "device", "num_workers", "max_t", "dataset", "network", "width",
 )
 DECISION_COLUMNS = ("trial_id", "epoch", "milestone", "metric", "value", "cutoff", "decision", "wall_time")
@@ -193,6 +193,7 @@ def trial_row(record: TrialRecord, sweep: Mapping[str, Any]) -> dict[str, Any]:
         "status": record.status,
         "config_id": last.get("config_id"),
         "seed": last.get("seed"),
+        "repeat": last.get("repeat"),
         **_hyperparameters(record),
         "epochs": epochs,
         "stopped_early": stopped_early(record.status, epochs, scheduler),
@@ -216,5 +217,6 @@ def trials_frame(records: Sequence[TrialRecord], sweep: Mapping[str, Any]) -> pd
     if frame.empty:
         return pd.DataFrame(columns=list(TRIAL_COLUMNS))
     hp = [f"{HP_PREFIX}{name}" for name in HYPERPARAMETERS if f"{HP_PREFIX}{name}" in frame.columns]
-    frame = frame[[*TRIAL_COLUMNS[:4], *hp, *TRIAL_COLUMNS[4:]]]
-    return frame.astype({"seed": "Int64", "epochs": "int64", "num_workers": "int64", "max_t": "int64"})
+    frame = frame[[*TRIAL_COLUMNS[:5], *hp, *TRIAL_COLUMNS[5:]]]
+    return frame.astype({"seed": "Int64", "repeat": "Int64", "epochs": "int64", "num_workers": "int64",
+                         "max_t": "int64"})
