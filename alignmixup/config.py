@@ -6,9 +6,10 @@ turns pydantic's report into the one line a command prints before it exits with 
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -21,21 +22,46 @@ DATASETS: tuple[str, ...] = get_args(Dataset)
 KEYED = re.compile(r"^[A-Za-z_][\w.]*: ")  # a validator message that starts with the key it is about
 
 
-def error_line(exc: ValidationError, prefix: str = "", skip: frozenset[str] = frozenset()) -> str:
+def error_line(exc: ValidationError, prefix: str = "", skip: frozenset[str] = frozenset(),
+               model: type[BaseModel] | None = None) -> str:
     """The first pydantic error as one line `key.path: message (got value)`.
 
     `prefix` goes in front of the key path; `skip` drops path parts that are not keys the user wrote (the tag
-    pydantic adds for each member of a discriminated union).
+    pydantic adds for each member of a discriminated union). With the `model` that was validated, an unknown key
+    is reported first (a misspelt key also makes the real one "missing") with the nearest valid key.
     """
-    err = exc.errors()[0]
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
     loc = [prefix] if prefix else []
     loc += [str(p) for p in err["loc"] if p not in skip]
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden" and model is not None:
+        key, known = str(err["loc"][-1]), _known_keys(model, [str(p) for p in err["loc"][:-1]])
+        near = [k for k in known if k.startswith(key)] or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}?" if near else f"expected one of {', '.join(known)}"
+        return f"{'.'.join(loc)}: unknown key ({hint})"
     if KEYED.match(msg) or not loc:  # a model-level check names its key itself
         return ".".join([*loc, msg])
     got = err.get("input")
     shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
     return f"{'.'.join(loc)}: {msg}{shown}"
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds (itself, or the members of a union or optional)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _known_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The valid keys at `path` inside `model` (path parts that are no field, such as union tags, are passed over)."""
+    models = [model]
+    for part in path:
+        inner = [m for outer in models if part in outer.model_fields
+                 for m in _models_in(outer.model_fields[part].annotation)]
+        models = inner or models
+    return sorted({name for m in models for name in m.model_fields})
 
 
 class Strict(BaseModel):

@@ -17,7 +17,7 @@ from alignmixup.trainer import Trainer
 
 def synthetic_cifar(images: int, root: Path | None = None) -> Path:
     """A CIFAR-10 python-pickle directory with `images` random training images (a multiple of 5), reused."""
-    from tests.data_writers import write_cifar
+    from tests.helpers.data_writers import write_cifar
 
     root = root or Path(tempfile.gettempdir()) / f"alignmixup-bench-cifar10-{images}"
     done = root / "complete"

@@ -93,7 +93,7 @@ def connect(address: str | None = None) -> Any:
 
 def known_presets() -> list[str]:
     """Names of the sweep presets shipped with tune_jobs."""
-    from tune_jobs.config import preset_names
+    from tune_jobs.presets import preset_names
 
     return preset_names()
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from data_writers import write_cifar, write_imagefolder
+from helpers.data_writers import write_cifar, write_imagefolder
 
 from alignmixup.cli import build_parser, config_from_args, main
 from alignmixup.config import TrainConfig

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, SMALL_SWEEP
+from helpers.sweeps import REPO, SMALL_SWEEP
 
 from alignmixup.console import ConfigError
 from tune_jobs import cli, config, preflight, presets
@@ -32,10 +32,12 @@ print(json.dumps({"results": out, "ray_imported": "ray" in sys.modules}))
 
 
 def sweep_with(change: dict[str, Any]) -> dict[str, Any]:
-    """SMALL_SWEEP with nested keys replaced ({"search": {"alpha": -1}} changes only search.alpha)."""
+    """SMALL_SWEEP with nested keys replaced ({"search": {"alpha": -1}} changes only search.alpha; None deletes)."""
     out = copy.deepcopy(SMALL_SWEEP)
     for key, value in change.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if value is None:
+            del out[key]
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key].update(value)
         else:
             out[key] = value
@@ -43,8 +45,11 @@ def sweep_with(change: dict[str, Any]) -> dict[str, Any]:
 
 
 BAD: dict[str, tuple[dict[str, Any], str]] = {
-    "unknown key": ({"shedule": {"kind": "fifo"}}, "shedule: Extra inputs are not permitted"),
-    "unknown train key": ({"train": {"epoch": 3}}, "train.epoch: Extra inputs are not permitted"),
+    "unknown key": ({"shedule": {"kind": "fifo"}}, "shedule: unknown key (did you mean scheduler?)"),
+    "misspelt required key": ({"schedular": SMALL_SWEEP["scheduler"], "scheduler": None},
+                              "schedular: unknown key (did you mean scheduler?)"),
+    "unknown train key": ({"train": {"epoch": 3}}, "train.epoch: unknown key (did you mean epochs?)"),
+    "unknown scheduler key": ({"scheduler": {"grace": 3}}, "scheduler.grace: unknown key (did you mean grace_period?)"),
     "alpha <= 0": ({"search": {"alpha": -1.0}}, "search.alpha: Input should be greater than 0 (got -1.0)"),
     "alpha = 0 in a choice": ({"search": {"alpha": {"choice": [1.0, 0.0]}}}, "search.alpha: Input should be greater"),
     "empty choice": ({"search": {"mix_layers": {"choice": []}}}, "search.mix_layers.choice: needs a non-empty list"),

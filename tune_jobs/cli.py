@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from alignmixup.console import ConfigError, Parser, add_version, run_command
 from tune_jobs import config, preflight, presets, storage
@@ -42,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
                    f"sweep's, else ${STORAGE_ENV}, else runs/tune)")
     r.add_argument("--name", help="experiment name (default: <config name>-<date>-<time>)")
     r.add_argument("--num-samples", type=int, help="configurations to sample")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=YAML",
+                   help="override a key of the sweep file, validated like the file: --set train.width=0.5 "
+                   "--set search.alpha='{loguniform: [0.5, 4]}' (repeatable)")
     r.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
     s = sub.add_parser("resume", help="finish an interrupted sweep")
     s.add_argument("experiment", metavar="EXPERIMENT_DIR")
@@ -63,6 +66,8 @@ def presets_text(name: str | None) -> str:
 def prepare_run(args: argparse.Namespace) -> tuple[config.SweepConfig, str]:
     """Validate the sweep with the command line's overrides and check its storage (no Ray)."""
     raw, stem = presets.load_raw(args.config)
+    for override in args.overrides:
+        apply_override(raw, override)
     if "storage" not in raw and os.environ.get(STORAGE_ENV):
         raw["storage"] = os.environ[STORAGE_ENV]
     overrides = {"storage": args.storage, "name": args.name, "num_samples": args.num_samples}
@@ -75,6 +80,21 @@ def prepare_run(args: argparse.Namespace) -> tuple[config.SweepConfig, str]:
     if storage.exists(experiment):
         raise ConfigError(f"name: {experiment} exists; resume it with `{PROG} resume {experiment}`")
     return sweep, experiment
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set `key.path=value` (value in YAML) inside the raw sweep mapping, creating mappings on the way."""
+    path, sep, text = override.partition("=")
+    keys = path.strip().split(".")
+    if not sep or not all(keys):
+        raise ConfigError(f"argument --set: expected KEY.PATH=VALUE such as train.width=0.5 (got {override!r})")
+    target = raw
+    for depth, key in enumerate(keys[:-1]):
+        target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"argument --set: {'.'.join(keys[:depth + 1])} is not a mapping, so it has no "
+                              f"key {keys[depth + 1]!r}")
+    target[keys[-1]] = presets.parse_yaml(text, f"--set {path}")
 
 
 def prepare_resume(args: argparse.Namespace) -> str:

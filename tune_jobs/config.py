@@ -43,9 +43,9 @@ LAYERS_TEXT = re.compile(r"^\d+(,\d+)*$")
 SCHEDULER_TAGS = frozenset({"asha", "fifo"})  # pydantic's union tags, not keys the user wrote
 
 
-def sweep_error(exc: ValidationError, prefix: str = "") -> str:
-    """A sweep's validation error as one line naming the key."""
-    return error_line(exc, prefix, skip=SCHEDULER_TAGS)
+def sweep_error(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """A sweep's validation error as one line naming the key (the nearest valid key for an unknown one)."""
+    return error_line(exc, prefix, skip=SCHEDULER_TAGS, model=model)
 
 
 def parse_layers(text: str) -> list[int]:
@@ -234,7 +234,7 @@ class SweepConfig(Strict):
         try:
             cfg = TrainConfig.model_validate(base)
         except ValidationError as exc:
-            raise ValueError(sweep_error(exc, prefix="train")) from None
+            raise ValueError(sweep_error(exc, prefix="train", model=TrainConfig)) from None
         for name, p in params.items():
             for value in p.values:
                 _check_value(base, name, value)
@@ -340,7 +340,7 @@ def validate(raw: dict[str, Any]) -> SweepConfig:
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(sweep_error(exc)) from None
+        raise ConfigError(sweep_error(exc, model=SweepConfig)) from None
 
 
 def experiment_path(storage_location: str, name: str) -> str:
