@@ -182,7 +182,10 @@ def finish(sweep: SweepConfig, experiment: str, limit: int | None) -> Outcome:
 
 
 def connect(address: str | None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS, as under `ray job submit`), else start a local one."""
+    """Join the cluster at `address` (or RAY_ADDRESS, as under `ray job submit`), else start a local one; a
+    process already connected (a notebook running a second sweep) stays on its cluster."""
+    if ray.is_initialized():
+        return
     # Keep the dashboard on (the default): Train's placement-group cleaner needs the state API it serves.
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
