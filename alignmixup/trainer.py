@@ -195,16 +195,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def fit(self, on_epoch: Callable[[EpochMetrics], None] | None = None) -> list[EpochMetrics]:
-        """Train from the current epoch to cfg.epochs, calling on_epoch(metrics) after each one."""
+    def fit(self, on_epoch: Callable[[EpochMetrics], None] | None = None,
+            on_batch: Callable[[int], None] | None = None) -> list[EpochMetrics]:
+        """Train from the current epoch to cfg.epochs, calling on_epoch(metrics) after each one (and on_batch)."""
         while self.epoch < self.cfg.epochs:
-            metrics = self.train_epoch()
+            metrics = self.train_epoch(on_batch)
             if on_epoch is not None:
                 on_epoch(metrics)
         return self.history
 
-    def train_epoch(self) -> EpochMetrics:
-        """One epoch of training, then the evaluations its protocol asks for; returns its metrics."""
+    def epoch_images(self) -> int:
+        """How many images this rank trains on per epoch."""
+        shard_size = len(self.data.train_idx) // self.world_size
+        return shard_size - shard_size % self.local_batch if self.drop_last else shard_size
+
+    def train_epoch(self, on_batch: Callable[[int], None] | None = None) -> EpochMetrics:
+        """One epoch of training, then the evaluations its protocol asks for; returns its metrics.
+
+        on_batch(images) is called after each step (a progress bar; it must not read device values).
+        """
         cfg, e = self.cfg, self.epoch
         lr = lr_at(cfg, e)
         for group in self.optimizer.param_groups:
@@ -223,6 +232,8 @@ class Trainer:
             loss_sum += self.step(x, y)[0]
             steps += 1
             samples += len(y)
+            if on_batch is not None:
+                on_batch(len(y))
         elapsed = time.perf_counter() - start
         loss_total, step_total, sample_total = self._all_sum(
             torch.stack([loss_sum, loss_sum.new_tensor(float(steps)), loss_sum.new_tensor(float(samples))])
