@@ -120,7 +120,10 @@ def _project(adv: torch.Tensor, pixels: torch.Tensor, eps: float) -> torch.Tenso
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalization, eps: float,
          autocast: contextlib.AbstractContextManager = contextlib.nullcontext()) -> torch.Tensor:
-    """FGSM (Goodfellow et al. 2015): the normalised batch one step of eps * sign(grad) away in [0, 1] pixels."""
+    """FGSM (Goodfellow et al. 2015): the normalised batch one step of eps * sign(grad) away in [0, 1] pixels.
+
+    The caller puts the model in eval mode (evaluation_totals does).
+    """
     return _fgsm_step(x, _logits_and_grad_sign(model, x, y, autocast)[1], norm, eps)
 
 
@@ -134,6 +137,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalization,
     """L-inf PGD (Madry et al. 2018): `steps` signed-gradient steps, each projected to the eps ball and [0, 1].
 
     Returns the final iterate, normalised, in x's layout. A random start draws uniformly in the eps ball.
+    The caller puts the model in eval mode (evaluation_totals does).
     """
     pixels = norm.to_pixels(x.detach())
     adv = pixels

@@ -28,6 +28,7 @@ from alignmixup.evaluation import (
     metric_names,
     pgd,
     rank_share,
+    totals_size,
 )
 from alignmixup.trainer import Trainer
 
@@ -75,7 +76,7 @@ def edge_logits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def metrics_of(logits: torch.Tensor, labels: torch.Tensor, cfg: EvaluationConfig) -> dict[str, float]:
-    totals = torch.zeros(3 * cfg.bins + 3, dtype=torch.float64)
+    totals = torch.zeros(totals_size(cfg.bins), dtype=torch.float64)
     totals[:3 * cfg.bins + 1] = calibration_totals(logits, labels, cfg.bins)
     return finalize(totals, cfg)
 
@@ -97,8 +98,8 @@ def test_ece_oe_nll_equal_a_numpy_loop_with_ties_at_bin_edges_and_confidence_one
     assert abs(numpy_calibration(logits.numpy(), labels.numpy(), 15, left_open=False)["ece"] - got["ece"]) > 1e-4
     counts = calibration_totals(logits, labels, 15)[:15]
     conf = torch.tensor(oracle["conf"])
-    assert counts[2] == ((conf > 2 / 15) & (conf <= 3 / 15)).sum()  # the three 1/5 ties are in bin 2, not 3
-    assert counts[4] == ((conf > 4 / 15) & (conf <= 5 / 15)).sum()
+    assert counts[2] == ((conf > 2 / 15) & (conf <= 3 / 15)).sum() >= 3  # the three 1/5 ties: bin 2, not 3
+    assert counts[4] == ((conf > 4 / 15) & (conf <= 5 / 15)).sum() >= 2  # the two 1/3 ties: bin 4, not 5
     assert counts[14] == (conf > 14 / 15).sum() >= 3
 
 
@@ -253,6 +254,7 @@ def test_trained_model_attacks_lower_accuracy_and_clean_metrics_match_the_traine
     assert m["clean_acc"] > 80.0
     assert m["fgsm_acc"] < m["clean_acc"] - 5.0
     assert m["pgd_acc"] <= m["fgsm_acc"]
+    tr.model.eval()
     with torch.no_grad():
         logits = torch.cat([tr.model(x) for x, _ in tr.data.eval_batches("test", 128, 0, 1)])
     expected = MulticlassCalibrationError(num_classes=10, n_bins=15, norm="l1")(logits, tr.data.test.labels).item()
