@@ -80,6 +80,44 @@ class SinkhornConfig(Strict):
     cost_scaling: CostScaling = "none"
 
 
+class EvaluationConfig(Strict):
+    """Evaluations beyond top-1 (alignmixup.evaluation): calibration and L-inf robustness, val and test splits.
+
+    Budgets are L-inf in [0, 1] pixel space, one budget for FGSM and PGD so their accuracies compare.
+    """
+
+    kinds: list[Literal["calibration", "fgsm", "pgd"]] = Field(
+        default_factory=list, description="evaluations to run on each evaluated split; empty: none"
+    )
+    images: int | None = Field(1000, ge=1, description="evaluate the first N images of a split; None: all of it")
+    eps: float | None = Field(
+        None, gt=0, le=1, description="L-inf budget of FGSM and PGD in [0, 1] pixels; None: 8/255 to 32x32, else 4/255"
+    )
+    pgd_steps: int = Field(10, ge=1, le=1000)
+    pgd_step_size: float | None = Field(None, gt=0, le=1, description="PGD step in [0, 1] pixels; None: eps / 4")
+    pgd_random_start: bool = Field(True, description="PGD starts from a uniform draw in the eps ball")
+    bins: int = Field(15, ge=2, le=1000, description="equal-width confidence bins (k/bins, (k+1)/bins] of ECE and OE")
+    epochs: list[int] = Field(
+        default_factory=list, description="1-based epochs evaluated on the val split besides the last one"
+    )
+
+    def runs_at(self, epoch: int, final: bool) -> bool:
+        """Whether the val split is evaluated after 1-based `epoch` (always after the final one)."""
+        return bool(self.kinds) and (final or epoch in self.epochs)
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluationConfig:
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(f"kinds: repeated kind in {self.kinds}")
+        bad = [e for e in self.epochs if e < 1]
+        if bad:
+            raise ValueError(f"epochs: epochs are 1-based, got {bad[0]}")
+        if len(set(self.epochs)) != len(self.epochs):
+            raise ValueError(f"epochs: repeated epoch in {self.epochs}")
+        self.epochs = sorted(self.epochs)
+        return self
+
+
 class TrainConfig(Strict):
     """Everything one run needs; the defaults are the release's CIFAR recipe on the digits set."""
 
@@ -101,6 +139,10 @@ class TrainConfig(Strict):
     alpha: float = Field(2.0, gt=0)
     mix_layers: list[int] | None = Field(None, description="None: the release's {0, last stage}")
     sinkhorn: SinkhornConfig = Field(default_factory=SinkhornConfig)
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig, description="calibration and robustness on the val split (at the end and "
+        "at evaluation.epochs) and on the test split (at the end)"
+    )
     val_fraction: float = Field(
         0.1, ge=0, lt=1,
         description="validation split carved (seeded) from the training set; 0: the release's protocol (the whole "

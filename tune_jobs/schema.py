@@ -112,6 +112,12 @@ def devices(scaling: Mapping[str, Any]) -> float:
     return scaling["num_workers"] * per_worker
 
 
+def milestones(grace_period: float, max_t: float, reduction_factor: float) -> list[float]:
+    """ASHA's rung milestones, descending, placed as Ray's one-bracket AsyncHyperBandScheduler places them."""
+    count = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
+    return [grace_period * reduction_factor**k for k in reversed(range(count))]
+
+
 def stopped_early(status: str, epochs: int, scheduler: Mapping[str, Any]) -> bool:
     """Whether the early-stopping scheduler ended the trial: it finished normally before max_t under ASHA."""
     return scheduler["kind"] == "asha" and status == "TERMINATED" and epochs < scheduler["max_t"]
