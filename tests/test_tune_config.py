@@ -66,13 +66,27 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "bad eps range": ({"search": {"eps": {"loguniform": [1.0, 0.1]}}}, "search.eps.loguniform: low must be < high"),
     "unknown scheduler": ({"scheduler": {"kind": "pbt"}}, "scheduler: Input tag 'pbt'"),
     "metric not reported": ({"scheduler": {"metric": "accuracy"}}, "scheduler.metric: not reported at every epoch"),
+    "objectives without optuna": ({"search_alg": "random"}, "search_alg: objectives need optuna"),
+    "scheduler not on the first objective": (
+        {"objectives": [{"metric": "val_ece", "mode": "min"}, {"metric": "val_acc", "mode": "max"}]},
+        "scheduler.metric: the scheduler acts on the first objective",
+    ),
+    "objective on the test set": (
+        {"objectives": [{"metric": "val_acc", "mode": "max"}, {"metric": "test_ece", "mode": "min"}]},
+        "objectives.1.metric: not a validation metric",
+    ),
+    "objective never measured": (
+        {"objectives": [{"metric": "val_acc", "mode": "max"}, {"metric": "val_pgd_acc", "mode": "max"}]},
+        "objectives.1.metric: not a validation metric",
+    ),
     "metric not reported every epoch": (
         {"scheduler": {"metric": "test_acc"}}, "scheduler.metric: not reported at every epoch (got 'test_acc'"
     ),
     "best test metric": ({"scheduler": {"metric": "best_val_test_acc"}}, "scheduler.metric: not reported at every"),
     "selection on test": ({"train": {"val_fraction": 0}}, "train.val_fraction: a sweep selects on a validation"),
     "copies of one grid": (
-        {"search": {"alpha": {"grid": [1.0, 2.0]}, "mix_layers": "0,4", "eps": 0.1}, "num_samples": 3},
+        {"search": {"alpha": {"grid": [1.0, 2.0]}, "mix_layers": "0,4", "eps": 0.1}, "num_samples": 3,
+         "search_alg": "random", "objectives": None},
         "num_samples: with nothing to sample",
     ),
     "repeats 0": ({"repeats": 0}, "repeats: Input should be greater than or equal to 1"),
@@ -198,7 +212,8 @@ def test_trial_config_maps_hyperparameters_onto_train_config() -> None:
 
 
 def test_search_space_is_data() -> None:
-    raw = sweep_with({"search": {"mix_layers": {"grid": [[0, 4], "4"]}, "lr": 0.05}})
+    raw = sweep_with({"search": {"mix_layers": {"grid": [[0, 4], "4"]}, "lr": 0.05}, "search_alg": "random",
+                      "objectives": None})
     del raw["train"]["lr"]  # a searched hyperparameter may not also be set in train
     sweep = config.validate(raw)
     params = sweep.search.params()

@@ -21,13 +21,15 @@ REPO = Path(__file__).resolve().parents[2]
 SWEEP_TIMEOUT_S = 900
 CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of registered checkpoints
 
-# The shared sweep (tests/conftest.py): 2 sampled configurations x 2 seeds of 2-worker gloo DDP on digits, ASHA
-# rungs at epochs 2 and 4.
+# The shared sweep (tests/conftest.py): Optuna's multi-objective search (val_acc up, val_ece down) over 2
+# configurations x 2 seeds of 2-worker gloo DDP on digits, ASHA on val_acc with rungs at epochs 2 and 4,
+# calibration and FGSM on 128 validation images at the rungs and at the end.
 SMALL_SWEEP: dict[str, Any] = {
     "description": "test sweep: 2 configurations x 2 seeds of 2-worker DDP on digits, ASHA rungs at epochs 2 and 4",
     "train": {
         "dataset": "digits", "network": "preactresnet18", "width": 0.125, "batch_size": 128, "lr": 0.1,
         "weight_decay": 5e-4, "lr_schedule": "cosine", "eval_test": "end",
+        "evaluation": {"kinds": ["calibration", "fgsm"], "images": 128},
     },
     "search": {
         "alpha": {"loguniform": [0.2, 4.0]},
@@ -38,6 +40,8 @@ SMALL_SWEEP: dict[str, Any] = {
     "repeats": 2,
     "scheduler": {"kind": "asha", "metric": "val_acc", "mode": "max", "max_t": 4, "grace_period": 2,
                   "reduction_factor": 2},
+    "search_alg": "optuna",
+    "objectives": [{"metric": "val_acc", "mode": "max"}, {"metric": "val_ece", "mode": "min"}],
     "num_samples": 2,
     "max_concurrent_trials": 2,
     "max_failures": 2,
