@@ -26,6 +26,7 @@ RANK_BY = "best_val_acc"  # what trials and configurations are ranked by (higher
 MIN_N_FOR_CI = 3  # below this many counted trials a t-interval is not given (n = 2: t = 12.7, no information)
 TOO_SMALL = "n too small"
 SINKHORN = ("sinkhorn_iters", "sinkhorn_marginal_err")  # per-epoch Sinkhorn convergence metrics (NaN: no aligned batch)
+REPORTED_AT = "reported_at"  # epochs column: when the worker reported the row (orders reports across trials)
 TRIAL_RESULTS = ["best_val_acc", "last_val_acc", "test_acc", "epochs", "stopped_early", "device_hours"]
 
 
@@ -59,8 +60,9 @@ def _order(values: pd.Series, mode: str) -> pd.Series:
 def configurations(experiment: Experiment, metric: str = RANK_BY, mode: str = "max") -> pd.DataFrame:
     """One row per configuration (by `experiment.unit`: config_id, or trial_id under population-based training),
     best mean first: its hyperparameters, n counted trials, the mean, standard deviation and 95% t-interval
-    (n >= 3) of their `metric`, their mean test_acc, its trials and seeds, the trials not counted (with their
-    status), early stops, the epochs its counted trials ran, and its device-hours."""
+    (n >= 3) of their `metric`, the mean test_acc of the test_n of them that measured it (those trained to the
+    end), its trials and seeds, the trials not counted (with their status), early stops, the epochs its counted
+    trials ran, and its device-hours."""
     trials, counted, unit = experiment.trials, experiment.counted, experiment.unit
     rows = []
     for key, group in trials.groupby(unit, sort=False):
@@ -77,7 +79,8 @@ def configurations(experiment: Experiment, metric: str = RANK_BY, mode: str = "m
             "ci95_low": summary["ci95_low"],
             "ci95_high": summary["ci95_high"],
             "ci_note": summary["ci_note"],
-            "test_acc_mean": used["test_acc"].mean() if "test_acc" in used else math.nan,
+            "test_acc_mean": used["test_acc"].mean() if "test_acc" in used else math.nan,  # over test_n trials
+            "test_n": int(used["test_acc"].notna().sum()) if "test_acc" in used else 0,
             "stopped_early": int(used["stopped_early"].sum()),
             "epochs": "" if not epochs else f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}",
             "trials": ",".join(group["trial_id"]),
@@ -529,22 +532,31 @@ def exploits(experiment: Experiment) -> pd.DataFrame:
     rows = epochs[epochs[DONOR].notna()]
     out = []
     for _, row in rows.iterrows():
-        donor = _rows_until(epochs, row[DONOR], int(row[DONOR_EPOCH])).iloc[-1]
+        donor = _rows_until(epochs, row[DONOR], int(row[DONOR_EPOCH]), _taken_at(row)).iloc[-1]
         values = {c: v for h in hps for c, v in ((h, row[h]), (f"{h}_donor", donor[h]))}
         out.append({"trial_id": row["trial_id"], "epoch": int(row["epoch"]), DONOR: row[DONOR],
                     DONOR_EPOCH: int(row[DONOR_EPOCH]), **values})
     return pd.DataFrame(out, columns=columns)
 
 
-def _rows_until(epochs: pd.DataFrame, trial_id: str, epoch: int | None) -> pd.DataFrame:
-    """A trial's rows in report order, up to (and with) its row at `epoch` (all rows when epoch is None)."""
+def _rows_until(epochs: pd.DataFrame, trial_id: str, epoch: int | None, before: float | None = None) -> pd.DataFrame:
+    """A trial's rows in report order up to (and with) its row at `epoch` (all rows when epoch is None): its last
+    report of that epoch made before `before` (reported_at) when the rows carry the time, else its last one."""
     rows = epochs[epochs["trial_id"] == trial_id]
     if epoch is None:
         return rows
-    at = np.flatnonzero(rows["epoch"].to_numpy() == epoch)
-    if not len(at):
+    at = rows["epoch"].to_numpy() == epoch
+    if before is not None and REPORTED_AT in rows and not math.isnan(before):
+        at &= rows[REPORTED_AT].to_numpy(float) <= before
+    found = np.flatnonzero(at)
+    if not len(found):
         raise ValueError(f"trial {trial_id} never reported epoch {epoch}, yet a trial took its checkpoint there")
-    return rows.iloc[: at[-1] + 1]
+    return rows.iloc[: found[-1] + 1]
+
+
+def _taken_at(row: pd.Series) -> float | None:
+    """When a trial reported the first epoch after an exploit (the donor's checkpoint was taken before)."""
+    return float(row[REPORTED_AT]) if REPORTED_AT in row and not pd.isna(row[REPORTED_AT]) else None
 
 
 def segments(rows: pd.DataFrame) -> list[pd.DataFrame]:
@@ -570,14 +582,15 @@ def lineage_segments(experiment: Experiment, trial_id: str | None = None) -> lis
     trial's own last exploit before then), and so on back to a segment that started from scratch."""
     trial_id = final_best_trial(experiment) if trial_id is None else trial_id
     chain: list[pd.DataFrame] = []
-    current, upto = trial_id, None
+    current, upto, before = trial_id, None, None
     for _ in range(len(experiment.epochs) + 1):
-        segment = segments(_rows_until(experiment.epochs, current, upto))[-1]
+        segment = segments(_rows_until(experiment.epochs, current, upto, before))[-1]
         chain.append(segment)
-        donor = segment.iloc[0].get(DONOR) if has_donors(experiment) else None
+        start = segment.iloc[0]
+        donor = start.get(DONOR) if has_donors(experiment) else None
         if donor is None or pd.isna(donor):
             return chain[::-1]
-        current, upto = str(donor), int(segment.iloc[0][DONOR_EPOCH])
+        current, upto, before = str(donor), int(start[DONOR_EPOCH]), _taken_at(start)
     raise ValueError(f"the donors of trial {trial_id} form a cycle")
 
 

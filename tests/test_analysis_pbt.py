@@ -95,3 +95,23 @@ def test_lineage_follows_a_checkpoint_older_than_the_trials_own_epochs() -> None
         ["a", 1, 2], ["b", 3, 4]]
     assert analysis.lineage(experiment, "a")[["trial_id", "first_epoch", "last_epoch"]].values.tolist() == [
         ["a", 1, 4]]
+
+
+def test_lineage_takes_the_donors_report_from_before_the_exploit() -> None:
+    """b takes a's epoch-2 checkpoint at time 35; later a itself restores c's epoch-1 checkpoint and reports epoch 2
+    again (time 45). b's model descends from a's first epoch-2 report, not from the later one."""
+    rows = [("a", 1, None, None, 10.0), ("a", 2, None, None, 20.0), ("a", 3, None, None, 30.0),
+            ("c", 1, None, None, 12.0), ("b", 1, None, None, 11.0), ("b", 2, None, None, 21.0),
+            ("b", 3, "a", 2, 36.0), ("a", 2, "c", 1, 45.0), ("b", 4, None, None, 46.0), ("a", 3, None, None, 55.0)]
+    epochs = pd.DataFrame(rows, columns=["trial_id", "epoch", "donor_trial_id", "donor_epoch", "reported_at"])
+    epochs = epochs.assign(val_acc=range(len(epochs)), hp_alpha=1.0).sort_values("trial_id", kind="stable")
+    trials = pd.DataFrame({"trial_id": ["a", "b", "c"], "config_id": ["x", "y", "z"], "status": "TERMINATED",
+                           "hp_alpha": 1.0})
+    sweep = {"scheduler": {"kind": "pbt", "metric": "val_acc", "mode": "max", "max_t": 4},
+             "search": {"alpha": {"uniform": [0.5, 4]}}}
+    experiment = analysis.Experiment("x/async", trials, epochs.reset_index(drop=True), sweep)
+    steps = lambda t: analysis.lineage(experiment, t)[["trial_id", "first_epoch", "last_epoch"]].values.tolist()
+    assert steps("b") == [["a", 1, 2], ["b", 3, 4]]
+    assert steps("a") == [["c", 1, 1], ["a", 2, 3]]
+    exploit = analysis.exploits(experiment).set_index("trial_id").loc["b"]
+    assert exploit["donor_epoch"] == 2

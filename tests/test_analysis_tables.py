@@ -76,6 +76,10 @@ def test_leaderboard_ranks_configurations_by_their_mean_over_seeds(written, expe
         else:
             assert math.isnan(row.ci95_low) and row.ci_note in ("n too small", "no counted trial")
         members = [t for t, truth in written.trials.items() if truth.identity["config_id"] == row.config_id]
+        tests = [written.trials[t].rows[-1]["best_val_test_acc"] for t in members
+                 if written.trials[t].status == "TERMINATED" and written.trials[t].rows[-1]["best_val_test_acc"]]
+        assert row.test_n == len(tests)
+        assert row.test_acc_mean == pytest.approx(statistics.mean(tests) if tests else math.nan, nan_ok=True)
         assert row.trials.split(",") == members
         assert row.seeds.split(",") == [str(written.trials[t].identity["seed"]) for t in members]
         errored = [t for t in members if written.trials[t].status == "ERROR"]

@@ -107,7 +107,8 @@ class _Curve:
         self.val = 10.0
         self.best: float | None = None
 
-    def step(self, hp: dict[str, Any]) -> tuple[float, float | None]:
+    def step(self, hp: dict[str, Any]) -> tuple[float, bool]:
+        """One more epoch under `hp`: its validation accuracy and whether it is the best so far."""
         target = _quality(hp) + self.offset
         self.val = float(np.clip(self.val + 0.45 * (target - self.val) + self.rng.normal(0, 0.8), 0, 100))
         improved = self.best is None or self.val > self.best
@@ -164,17 +165,23 @@ def _tune_row(trial: Trial, metrics: dict[str, Any], identity: dict[str, Any], c
     }
 
 
+def _draw(rng: np.random.Generator, distribution: dict[str, list[Any]]) -> Any:
+    """A value from a search distribution as sweep.json states it ({loguniform: [lo, hi]} or {choice: [...]})."""
+    (kind, values), = distribution.items()
+    if kind == "loguniform":
+        return float(np.exp(rng.uniform(math.log(values[0]), math.log(values[1]))))
+    return values[int(rng.integers(len(values)))]
+
+
 def _plan(sweep: dict[str, Any], configs: int, repeats: int, seed: int) -> list[Trial]:
     """The trials of the sweep in Tune's order: each sampled configuration, then its repeats."""
     validated = validate(sweep)
     rng = np.random.default_rng(seed)
     trials = []
     for c in range(configs):
-        sampled = {"alpha": float(np.exp(rng.uniform(math.log(0.2), math.log(4.0)))),
-                   "eps": float(np.exp(rng.uniform(math.log(0.01), math.log(1.0)))),
-                   "mix_layers": str(rng.choice(SEARCH["mix_layers"]["choice"]))}
-        if "lr" in (validated.search.params()):
-            sampled["lr"] = float(np.exp(rng.uniform(math.log(0.02), math.log(0.2))))
+        sampled = {name: _draw(rng, sweep["search"][name]) for name in ("alpha", "eps", "mix_layers")}
+        if "lr" in validated.search.params():
+            sampled["lr"] = _draw(rng, sweep["search"]["lr"])
         for r in range(repeats):
             _, identity = trial_settings(validated, sampled, r)
             params = {**sampled, "cost_scaling": "mean", **({REPEAT_KEY: r} if repeats > 1 else {})}
@@ -266,14 +273,15 @@ def _simulate_pbt(sweep: dict[str, Any], trials: list[Trial], interval: int, qua
     for t in trials:
         t.status, t.lineage = "TERMINATED", [[t.trial_id, 1, 0]]
     for epoch in range(1, max_t + 1):
-        for t in trials:
+        for i, t in enumerate(trials):
             tid, hp = t.trial_id, hps[t.trial_id]
             sampled = {"alpha": hp["hp_alpha"], "eps": hp["hp_eps"], "lr": hp["hp_lr"],
                        "mix_layers": hp["hp_mix_layers"]}
             cfg, _ = trial_settings(validated, sampled, t.identity["repeat"])
             metrics = _metrics(epoch, max_t, hp, curves[tid], cfg, extra, t.seconds_per_epoch)
             identity = {**t.identity, **hp}
-            t.rows.append(_tune_row(t, metrics, identity, epoch * t.seconds_per_epoch, donors.pop(tid, None)))
+            clock = epoch * 100.0 + i  # generations in step: every epoch-e report precedes the exploits after it
+            t.rows.append(_tune_row(t, metrics, identity, clock, donors.pop(tid, None)))
             t.lineage[-1][2] = epoch
             history[tid][epoch] = (curves[tid].val, curves[tid].best, dict(hp), [list(s) for s in t.lineage])
             arrivals.append((tid, epoch))
