@@ -214,15 +214,20 @@ def value_text(value: object) -> str:
 # ----------------------------------------------------------------------------------- reading
 
 
-def _status(trial_dir: str, rows: list[dict[str, Any]]) -> str:
-    """A trial's status when Tune's experiment state does not list it: from its folder alone."""
+def _status(trial_dir: str, rows: list[dict[str, Any]], max_t: int | None) -> str:
+    """A trial's status when Tune's experiment state does not list it: from its folder alone. Tune marks a result
+    `done` when a scheduler stops the trial, not when the trainable returns after its last epoch, so a trial that
+    reported max_t epochs has finished too."""
     if storage.is_file(storage.join(trial_dir, ERROR_FILE)):
         return "ERROR"
-    return "TERMINATED" if rows and rows[-1].get("done") else "RUNNING"
+    if rows and (rows[-1].get("done") or (max_t is not None and int(rows[-1].get("epoch", 0)) >= max_t)):
+        return "TERMINATED"
+    return "RUNNING"
 
 
-def read_records(root: str) -> list[TrialRecord]:
-    """Every trial folder of the experiment at `root` that holds a result.json, as a TrialRecord."""
+def read_records(root: str, max_t: int | None = None) -> list[TrialRecord]:
+    """Every trial folder of the experiment at `root` that holds a result.json, as a TrialRecord (max_t: the
+    sweep's, to tell a finished trial from a running one when Tune's experiment state is missing)."""
     statuses = experiment_statuses(root)
     records = []
     for info in storage.children(root):
@@ -232,13 +237,13 @@ def read_records(root: str) -> list[TrialRecord]:
         params = storage.join(info.path, PARAMS_FILE)
         config = storage.read_json(params) if storage.is_file(params) else (rows[0].get("config", {}) if rows else {})
         trial_id = rows[0]["trial_id"] if rows else info.base_name.removeprefix("trial_")
-        records.append(TrialRecord(trial_id, statuses.get(trial_id) or _status(info.path, rows), config, rows))
+        records.append(TrialRecord(trial_id, statuses.get(trial_id) or _status(info.path, rows, max_t), config, rows))
     return records
 
 
 def read_ray_results(root: str, sweep: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The (trials, epochs) tables of the experiment at `root`, from its trial folders and sweep.json."""
-    records = read_records(root)
+    records = read_records(root, scheduler_settings(sweep).max_t)
     return trials_frame(records, sweep), epochs_frame(records)
 
 

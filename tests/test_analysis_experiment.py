@@ -160,3 +160,13 @@ def test_reproduce_command_rebuilds_the_trials_configuration_and_seed(finished) 
         assert cfg.alpha == pytest.approx(row["hp_alpha"]) and cfg.sinkhorn.eps == pytest.approx(row["hp_eps"])
         assert ",".join(map(str, cfg.mix_layers)) == row["hp_mix_layers"]
         assert cfg.dataset == row["dataset"] and cfg.width == row["width"]
+
+
+def test_without_tunes_experiment_state_statuses_come_from_the_trial_folders(tmp_path: Path) -> None:
+    written = write_experiment(tmp_path / "fifo", scheduler="fifo", configs=3, repeats=2, max_t=4, cut=0.6,
+                               errors={0: 2})
+    for state in written.root.glob("experiment_state-*.json"):
+        state.unlink()
+    trials = analysis.load(written.root).trials.set_index("trial_id")["status"]
+    assert trials.to_dict() == {t: truth.status for t, truth in written.trials.items() if truth.rows}
+    assert set(trials) == {"TERMINATED", "RUNNING", "ERROR"}  # finished FIFO trials log no `done` result
