@@ -23,6 +23,7 @@ from pyarrow.fs import FileType
 from tune_jobs import storage
 from tune_jobs.schema import (
     DECISIONS_TABLE,
+    DONOR_COLUMNS,
     EPOCHS_TABLE,
     HP_PREFIX,
     RESULT_FILE,
@@ -41,8 +42,7 @@ PARAMS_FILE = "params.json"  # Ray Tune's per-trial record of the values it samp
 ERROR_FILE = "error.txt"  # Ray Tune's per-trial record of the exception that ended it
 COUNTED = "TERMINATED"  # the status of a trial whose results enter statistics: it ran to max_t or was stopped
 POPULATION_BASED = frozenset({"pbt", "pb2"})  # schedulers that exploit and explore instead of stopping trials
-DONOR = "donor_trial_id"  # epochs column (population-based sweeps): the trial this segment's checkpoint came from
-DONOR_EPOCH = "donor_epoch"  # epochs column: the epoch of that checkpoint
+DONOR, DONOR_EPOCH = DONOR_COLUMNS
 DEFAULT_RUNS = Path("runs") / "tune"  # where alignmixup-tune puts sweeps by default (SweepConfig.storage)
 
 

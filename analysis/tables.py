@@ -20,13 +20,12 @@ from scipy import stats
 
 from alignmixup.presets import PUBLISHED_TOP1, RELEASE_CURVES, recipe_name
 from analysis.experiment import DONOR, DONOR_EPOCH, Experiment, SchedulerSettings
-from tune_jobs.schema import HP_PREFIX, UNFINISHED
+from tune_jobs.schema import HP_PREFIX, REPORTED_AT, SINKHORN_COLUMNS, UNFINISHED, milestones
 
 RANK_BY = "best_val_acc"  # what trials and configurations are ranked by (higher is better): the trainer's selection
 MIN_N_FOR_CI = 3  # below this many counted trials a t-interval is not given (n = 2: t = 12.7, no information)
 TOO_SMALL = "n too small"
-SINKHORN = ("sinkhorn_iters", "sinkhorn_marginal_err")  # per-epoch Sinkhorn convergence metrics (NaN: no aligned batch)
-REPORTED_AT = "reported_at"  # epochs column: when the worker reported the row (orders reports across trials)
+SINKHORN = SINKHORN_COLUMNS
 TRIAL_RESULTS = ["best_val_acc", "last_val_acc", "test_acc", "epochs", "stopped_early", "device_hours"]
 
 
@@ -188,16 +187,11 @@ def has_rungs(experiment: Experiment) -> bool:
 
 
 def rung_epochs(settings: SchedulerSettings) -> list[float]:
-    """ASHA's rung milestones, ascending, as Ray's one-bracket AsyncHyperBandScheduler places them.
-
-    The same formula as tune_jobs.scheduler.milestones, which imports Ray (a test checks they agree); used only
-    for experiments without decisions.parquet.
-    """
+    """ASHA's rung milestones, ascending (tune_jobs.schema.milestones); used only for experiments without
+    decisions.parquet."""
     if not settings.has_rungs:
         return []
-    min_t, rf = settings.grace_period, settings.reduction_factor
-    count = int(np.log(settings.max_t / min_t) / np.log(rf) + 1)
-    return [float(min_t * rf**k) for k in range(count)]
+    return sorted(float(m) for m in milestones(settings.grace_period, settings.max_t, settings.reduction_factor))
 
 
 def _outcome(decision: str, milestone: float, max_t: float) -> str:

@@ -13,7 +13,7 @@ from ray.tune.schedulers.async_hyperband import _Bracket
 
 import analysis
 from analysis.experiment import SchedulerSettings
-from tune_jobs.scheduler import milestones
+from tune_jobs.schema import milestones
 
 
 @pytest.fixture(scope="module", params=[(0, 2, 2.0, 3), (5, 1, 3.0, 2)], ids=["rf2-grace2", "rf3-grace1"])

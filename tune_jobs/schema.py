@@ -45,7 +45,13 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
 # what every report says about its trial (constant over its epochs): in the trials table, not the epochs table
 IDENTITY = ("config_id", "seed", "repeat", "dataset", "network", "width")
 # what the Ray Train worker adds to the trainer's metrics in each report
-WORKER_EXTRAS = ("train_samples_by_rank", "pid_by_rank", "reported_at")
+REPORTED_AT = "reported_at"  # when the worker reported the row (orders reports across trials)
+WORKER_EXTRAS = ("train_samples_by_rank", "pid_by_rank", REPORTED_AT)
+# population-based sweeps: the trial whose checkpoint the current segment started from and that checkpoint's epoch
+# (null while a trial continues its own checkpoints; set on the first epoch after an exploit)
+DONOR_COLUMNS = ("donor_trial_id", "donor_epoch")
+# the trainer's per-epoch Sinkhorn convergence (None/NaN in an epoch without an aligned batch)
+SINKHORN_COLUMNS = ("sinkhorn_iters", "sinkhorn_marginal_err")
 # Ray Tune's own keys in result.json that are not measurements (time_total_s is kept: the wall-time formula)
 TUNE_BOOKKEEPING = frozenset({
     "config", "date", "hostname", "node_ip", "pid", "timestamp", "done", "checkpoint_dir_name", "time_since_restore",
@@ -186,12 +192,15 @@ def _hyperparameters(record: TrialRecord) -> dict[str, Any]:
             for k, v in record.config.items() if k in HYPERPARAMETERS}
 
 
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
 def trial_row(record: TrialRecord, sweep: Mapping[str, Any]) -> dict[str, Any]:
     """The trials-table row of one trial, from its reported rows and the sweep (sweep.json's mapping)."""
     rows, scheduler, scaling = record.rows, sweep["scheduler"], sweep["scaling"]
     last = rows[-1] if rows else {}
     epochs = max((int(row["epoch"]) for row in rows), default=0)
-    accs = [row["val_acc"] for row in rows if row.get("val_acc") is not None]
     test = last.get("best_val_test_acc")
     seconds = wall_time(rows)
     return {
@@ -203,8 +212,9 @@ def trial_row(record: TrialRecord, sweep: Mapping[str, Any]) -> dict[str, Any]:
         **_hyperparameters(record),
         "epochs": epochs,
         "stopped_early": stopped_early(record.status, epochs, scheduler),
-        "best_val_acc": max(accs, default=math.nan),
-        "last_val_acc": accs[-1] if accs else math.nan,
+        # the trainer's running best (carried by its checkpoints): the lineage's, also after a PBT exploit or a resume
+        "best_val_acc": _number(last.get("best_val_acc")),
+        "last_val_acc": _number(last.get("val_acc")),
         "test_acc": math.nan if test is None else float(test),
         "wall_time_s": seconds,
         "device_hours": seconds / 3600 * devices(scaling),
