@@ -28,6 +28,7 @@ DECISIONS_TABLE = "decisions.parquet"
 SWEEP_FILE = "sweep.json"
 SCHEDULER_STATE = "scheduler_state.json"  # the early-stopping scheduler's rungs, kept across interruptions
 TRAIN_RUNS = "train_runs"  # <experiment>/train_runs/train-<trial_id>/checkpoint_*: each trial's Ray Train run
+BEST_WEIGHTS = "best_weights"  # <experiment>/best_weights/<trial_id>.pt: each trial's best-validation weights
 RESULT_FILE = "result.json"  # Ray Tune's per-trial log of reported rows (one JSON object per line)
 EXPERIMENT_STATE = "experiment_state-"  # Ray Tune's experiment state files: experiment_state-<time>.json
 HP_PREFIX = "hp_"  # a hyperparameter's column, in every report and in the trials table: hp_<name>
@@ -78,6 +79,11 @@ class TrialRecord:
 
 
 # ----------------------------------------------------------------------------------- formulas
+
+
+def best_weights_location(experiment: str, trial_id: str) -> str:
+    """Where a trial's best-validation weights are kept (written when they improve, not with every checkpoint)."""
+    return storage.join(experiment, BEST_WEIGHTS, f"{trial_id}.pt")
 
 
 def layers_text(layers: Sequence[int]) -> str:
