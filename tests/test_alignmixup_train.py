@@ -118,7 +118,7 @@ def test_one_process_trains_on_every_image_of_the_split():
 
 
 def test_release_protocol_selects_on_test_and_reports_no_validation():
-    tr = Trainer(small(epochs=3, val_fraction=0))
+    tr = Trainer(small(epochs=3, val_fraction=0, eval_test="every"))
     history = tr.fit()
     assert tr.cfg.eval_test == "every" and len(tr.data.train_idx) == len(tr.data.train)
     assert all(m.val_acc is None and m.val_loss is None and m.best_val_acc is None for m in history)
