@@ -220,12 +220,12 @@ def command_line(cfg: TrainConfig) -> list[str]:
     args = ["--dataset", cfg.dataset, "--network", cfg.network]
     if cfg.data_dir is not None:
         args += ["--data-dir", str(cfg.data_dir)]
-    for _ in range(len(FLAGS)):
+    for _ in range(len(FLAGS)):  # each round spells every field still differing (some must change together)
         chosen = config_from_args(build_parser().parse_args(args)).model_dump(mode="json")
         missing = [f for f in FLAGS if _lookup(wanted, f) != _lookup(chosen, f)]
         if not missing:
             return args
-        args += _flag_args(missing[0], _lookup(wanted, missing[0]))
+        args += [a for field in missing for a in _flag_args(field, _lookup(wanted, field))]
     raise ValueError(f"cannot spell {cfg!r} as alignmixup-train arguments")
 
 
