@@ -4,7 +4,9 @@ Settings come from a recipe (--preset, else the published recipe of the data set
 digits recipe), then the flags given. Writes <output-dir>/metrics.csv (one row per epoch), checkpoint.pt
 (every epoch, atomically; everything needed to resume) and best.pt (the best epoch's weights: best validation
 accuracy, or best test accuracy under the release's protocol, --val-fraction 0). `--resume` continues a run
-with the settings it was started with. Bad input exits with code 2 and one line naming the flag.
+with the settings it was started with. `--tracking` also logs the run to TensorBoard, MLflow and/or W&B
+(alignmixup.tracking; tracking.json keeps their run ids, which a resume continues). Bad input exits with code 2 and
+one line naming the flag.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic import ValidationError
 from alignmixup.config import DATASETS, TrainConfig, error_line
 from alignmixup.console import ConfigError, Parser, add_version, run_command
 from alignmixup.presets import RECIPES, recipe_for
+from alignmixup.tracking import BEST_WEIGHTS_TAG, command_line_trackers, tracking_flag
 
 PROG = "alignmixup-train"
 # config field -> the flag that sets it, for error messages
@@ -40,7 +43,7 @@ FLAGS = {
 SINKHORN_ARGS = {"eps": "eps", "sinkhorn_iters": "max_iter", "sinkhorn_stop": "stop", "sinkhorn_tol": "tol",
                  "cost_scaling": "cost_scaling"}
 NOT_CONFIG = {"preset", "train_dir", "val_dir", "mini_imagenet", "num_classes", "output_dir", "resume", "ngpu",
-              *SINKHORN_ARGS}
+              "tracking", *SINKHORN_ARGS}
 # flags that may differ from a resumed run's settings: where and how it runs, and how long; never what it computes
 RESUME_MAY_CHANGE = frozenset({"epochs", "device", "threads", "data_dir", "loader_workers"})
 NETWORK_ALIASES = {"resnet": "preactresnet18", "wideresnet": "wrn16_8"}  # the release's --network values
@@ -123,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="the model in channels_last memory format (default: on)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    g.add_argument("--tracking", type=tracking_flag, metavar="TRACKERS", help="comma-separated: tensorboard (events "
+                   "in the output dir), mlflow=URI (file:/abs/mlruns, sqlite:///abs/mlflow.db), wandb[=PROJECT] "
+                   "(offline; wandb.mode=online); logs the settings, every epoch and best.pt's path (default: none; "
+                   "resuming: the run's own)")
     return p
 
 
@@ -336,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
     if resume is None and ckpt.exists():
         raise ConfigError(f"argument --output-dir: {out} already holds a run (checkpoint.pt); "
                           "pass --resume to continue it or choose another directory")
+    trackers, run_ids = command_line_trackers(args.tracking, out, resume is not None, PROG)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -364,14 +372,17 @@ def run(args: argparse.Namespace) -> int:
                                     config=cfg.model_dump(mode="json"))
         trainer.save_checkpoint(ckpt)
         write_metrics_csv(out / "metrics.csv", [h.as_dict() for h in trainer.history], columns)
+        trackers.log({k: v for k, v in m.as_dict().items() if k != "epoch"}, step=m.epoch)
         print(epoch_line(m, cfg.epochs), flush=True)
 
     selection = "validation" if cfg.selects_on == "val" else "test (the release's protocol: no validation split)"
     print(f"training {cfg.network} (width {cfg.width}) on {cfg.dataset} with {cfg.method} on {trainer.device}; "
           f"{len(trainer.data.train_idx)} training images; best epoch chosen on {selection}; output in {out}",
           flush=True)
-    with progress_bar(trainer) as on_batch:
+    with trackers.running(out.name, cfg.model_dump(mode="json"), out, run_ids), progress_bar(trainer) as on_batch:
         history = trainer.fit(on_epoch, on_batch)
+        best = out / "best.pt"
+        trackers.finish({BEST_WEIGHTS_TAG: str(best.resolve())} if best.is_file() else {})
     if history:
         print(summary_line(cfg, history))
     return 0

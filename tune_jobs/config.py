@@ -25,6 +25,7 @@ from pydantic import (
 from alignmixup.config import Strict, TrainConfig, error_line
 from alignmixup.console import ConfigError
 from alignmixup.presets import RECIPES
+from alignmixup.tracking import TrackingConfig
 from alignmixup.trainer import evaluation_columns, every_epoch_metrics
 from tune_jobs import storage
 from tune_jobs.schema import HP_PREFIX, HYPERPARAMETERS, config_id, layers_text, milestones, trial_seed
@@ -227,6 +228,7 @@ class SweepConfig(Strict):
     )
     max_failures: int = Field(2, ge=0, description="retries of a trial (Tune) and of its workers (Train)")
     scaling: Scaling = Field(default_factory=Scaling)
+    tracking: TrackingConfig | None = Field(None, description="log every trial to TensorBoard, MLflow and/or W&B")
 
     @model_validator(mode="after")
     def _check(self) -> SweepConfig:

@@ -24,7 +24,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
 from alignmixup.console import ConfigError
-from tune_jobs import pin_ray_address, storage
+from tune_jobs import pin_ray_address, storage, tracking
 from tune_jobs.config import Param, SweepConfig, experiment_path, trial_settings, validate
 from tune_jobs.scheduler import RecordedASHA
 from tune_jobs.schema import TRAIN_RUNS, TrialRecord, epochs_frame, read_rows, trials_frame
@@ -153,7 +153,8 @@ def make_tuner(sweep: SweepConfig, experiment: str, limit: int | None) -> tune.T
             # ConcurrencyLimiter, whose live trials are lost on resume (their results never reach the model)
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, failure_config=tune.FailureConfig(max_failures=sweep.max_failures)
+            name=name, storage_path=storage_path, failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            callbacks=tracking.callbacks(sweep, experiment),
         ),
     )
 
