@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignmixup.console import ConfigError
+from alignmixup.tracking import check_installed
 from tune_jobs import config, preflight, presets, storage
 from tune_jobs.config import SweepConfig
 from tune_jobs.schema import SWEEP_FILE
+from tune_jobs.tables import read_sweep
 
 if TYPE_CHECKING:
     from tune_jobs.driver import Outcome
@@ -71,6 +73,7 @@ def prepare(sweep: SweepConfig, *, storage_location: str | None = None, name: st
     updates["name"] = name or sweep.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep = config.validate({**sweep.model_dump(mode="json", exclude_unset=True), **updates})
     preflight.check_storage(sweep)
+    check_trackers(sweep)
     sweep = sweep.model_copy(update={"storage": storage.absolute(sweep.storage)})  # resume finds it from anywhere
     experiment = config.experiment_path(sweep.storage, sweep.name or "")
     if storage.exists(experiment):
@@ -94,7 +97,14 @@ def experiment_location(experiment: str | Path) -> str:
     location = storage.absolute(experiment)
     if not storage.is_file(storage.join(location, SWEEP_FILE)):
         raise ConfigError(f"experiment: {experiment} holds no {SWEEP_FILE} (not a directory `run` made)")
+    check_trackers(read_sweep(location))
     return location
+
+
+def check_trackers(sweep: SweepConfig) -> None:
+    """The packages of the trackers the sweep asks for are installed (a one-line ConfigError naming the key)."""
+    if sweep.tracking is not None:
+        check_installed(sweep.tracking, "tracking.")
 
 
 def resume(experiment: str | Path, *, address: str | None = None) -> Outcome:
