@@ -5,7 +5,8 @@ shared sweep (tests/helpers/sweeps.py SMALL_SWEEP: 2 configurations x 2 seeds of
 ASHA) with the documented `ray job submit` line, and while it runs:
 - SIGKILLs rank 1 of the first trial whose epoch-1 checkpoint is registered: Ray Train restarts the workers from
   that checkpoint;
-- SIGKILLs the sweep's driver (the job's entrypoint) once ASHA has recorded two trials at its first rung;
+- SIGKILLs the sweep's driver (the job's entrypoint) once ASHA has recorded two trials at its first rung (every trial is tracked
+  in TensorBoard, an MLflow file store and W&B offline);
 then sends `alignmixup-tune resume` the same way, which finishes the sweep and writes its tables. So the one
 sweep shows a worker retry, a driver loss and a resume that keeps ASHA's rungs, besides the tables themselves.
 """
@@ -55,7 +56,9 @@ def _job_line(head: Head, *args: str) -> str:
 @pytest.fixture(scope="session")
 def sweep_run(head: Head) -> SweepRun:
     folder = Path(tempfile.mkdtemp(prefix="sweep", dir=head.root))
-    config = write_sweep(folder, SMALL_SWEEP, "shared")
+    tracked = {**SMALL_SWEEP, "tracking": {"tensorboard": True, "mlflow": f"file:{folder / 'mlruns'}",
+                                           "wandb": {"project": "shared", "mode": "offline"}}}
+    config = write_sweep(folder, tracked, "shared")
     storage = head.root / "results"
     experiment = storage / "shared"
     start = time.monotonic()
@@ -97,7 +100,8 @@ def sweep_run(head: Head) -> SweepRun:
     with client_environment(head.env):
         jobs = submit.connect(head.address).list_jobs()
     (resume_job,) = [j.submission_id for j in jobs if " resume " in j.entrypoint]
-    return SweepRun(experiment, killed, decisions, job.submission_id, resume_job, output, time.monotonic() - start)
+    return SweepRun(experiment, killed, decisions, job.submission_id, resume_job, output, time.monotonic() - start,
+                    tracked["tracking"]["mlflow"])
 
 
 @pytest.fixture(scope="session")

@@ -62,6 +62,7 @@ class SweepRun:
     resume_job: str
     output: str
     seconds: float
+    mlflow: str  # the sweep's MLflow tracking URI
 
 
 def read_results(experiment: Path) -> dict[str, list[dict[str, Any]]]:
