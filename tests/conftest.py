@@ -5,10 +5,10 @@ shared sweep (tests/helpers/sweeps.py SMALL_SWEEP: 2 configurations x 2 seeds of
 ASHA) with the documented `ray job submit` line, and while it runs:
 - SIGKILLs rank 1 of the first trial whose epoch-1 checkpoint is registered: Ray Train restarts the workers from
   that checkpoint;
-- SIGKILLs the sweep's driver (the job's entrypoint) once ASHA has recorded two trials at its first rung (every trial is tracked
-  in TensorBoard, an MLflow file store and W&B offline);
+- SIGKILLs the sweep's driver (the job's entrypoint) once ASHA has recorded two trials at its first rung;
 then sends `alignmixup-tune resume` the same way, which finishes the sweep and writes its tables. So the one
-sweep shows a worker retry, a driver loss and a resume that keeps ASHA's rungs, besides the tables themselves.
+sweep shows a worker retry, a driver loss and a resume that keeps ASHA's rungs, besides the tables themselves; every
+trial is tracked in TensorBoard, an MLflow file store and W&B offline.
 """
 
 from __future__ import annotations
