@@ -26,8 +26,9 @@ def save(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint safely (tensors and plain containers only)."""
+def load(path: Path, weights: bool = False) -> dict[str, Any]:
+    """Read a checkpoint safely (tensors and plain containers only); weights=True also takes a weights file
+    (best.pt), which holds "model" and "config" like a checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
@@ -35,8 +36,9 @@ def load(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path}: not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path}: not an alignmixup checkpoint ({FORMAT})")
+    formats = (FORMAT, WEIGHTS_FORMAT) if weights else (FORMAT,)
+    if not isinstance(state, dict) or state.get("format") not in formats:
+        raise CheckpointError(f"checkpoint {path}: not an alignmixup {' or '.join(formats)} file")
     return state
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,7 +44,10 @@ FLAGS = {
 SINKHORN_ARGS = {"eps": "eps", "sinkhorn_iters": "max_iter", "sinkhorn_stop": "stop", "sinkhorn_tol": "tol",
                  "cost_scaling": "cost_scaling"}
 NOT_CONFIG = {"preset", "train_dir", "val_dir", "mini_imagenet", "num_classes", "output_dir", "resume", "ngpu",
-              "tracking", *SINKHORN_ARGS}
+              "tracking", "evaluate", "evaluations", "evaluation_images", *SINKHORN_ARGS}
+# flags that may accompany --evaluate: where the data is and what runs it, and which evaluations; nothing else
+EVALUATE_MAY_SET = frozenset({"data_dir", "device", "threads", "loader_workers", "amp", "channels_last"})
+EVALUATIONS = ("calibration", "fgsm", "pgd")
 # flags that may differ from a resumed run's settings: where and how it runs, and how long; never what it computes
 RESUME_MAY_CHANGE = frozenset({"epochs", "device", "threads", "data_dir", "loader_workers"})
 NETWORK_ALIASES = {"resnet": "preactresnet18", "wideresnet": "wrn16_8"}  # the release's --network values
@@ -55,6 +59,14 @@ def _layers(text: str) -> list[int]:
         return [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers such as 0,4 (got {text!r})") from None
+
+
+def _kinds(text: str) -> list[str]:
+    kinds = [k for k in text.replace(" ", "").split(",") if k]
+    bad = [k for k in kinds if k not in EVALUATIONS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(EVALUATIONS)} (got {bad[0]!r})")
+    return kinds
 
 
 def _bool(text: str) -> bool:
@@ -126,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="the model in channels_last memory format (default: on)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    g = p.add_argument_group("evaluation of a saved model (no training)")
+    g.add_argument("--evaluate", type=Path, metavar="CHECKPOINT", help="evaluate a checkpoint.pt or best.pt with its "
+                   "stored settings: top-1/top-5/loss on the val (if any) and test splits, and --evaluations")
+    g.add_argument("--evaluations", type=_kinds, default=list(EVALUATIONS), metavar="KINDS",
+                   help="comma-separated, with --evaluate: calibration (ECE, OE, NLL), fgsm, pgd")
+    g.add_argument("--evaluation-images", type=int, help="with --evaluate: the first N images of each split "
+                   "(default: the whole split)")
     g.add_argument("--tracking", type=tracking_flag, metavar="TRACKERS", help="comma-separated: tensorboard (events "
                    "in the output dir), mlflow=URI (file:/abs/mlruns, sqlite:///abs/mlflow.db), wandb[=PROJECT] "
                    "(offline; wandb.mode=online); logs the settings, every epoch and best.pt's path (default: none; "
@@ -334,8 +353,54 @@ def _checkpoint_path(args: argparse.Namespace) -> tuple[Path | None, dict[str, A
         raise ConfigError(f"argument --resume: checkpoint {path} holds no settings to resume with") from None
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a saved model with the settings it was trained with, print the metrics and save them as JSON."""
+    from alignmixup import checkpoint
+    from alignmixup.data import DataError
+    from alignmixup.trainer import Trainer
+
+    try:
+        state = checkpoint.load(args.evaluate, weights=True)
+    except checkpoint.CheckpointError as exc:
+        raise ConfigError(f"argument --evaluate: {exc}") from None
+    given = given_values(args)
+    other = sorted(set(given) - EVALUATE_MAY_SET)
+    if other:
+        raise ConfigError(f"argument {FLAGS.get(other[0], other[0])}: not with --evaluate (the model is evaluated with "
+                          "the settings it was trained with; only the data dir, device and threads may change)")
+    evaluation = {**state["config"].get("evaluation", {}), "kinds": args.evaluations,
+                  "images": args.evaluation_images, "epochs": []}
+    cfg = _validate({**state["config"], **given, "evaluation": evaluation})
+    try:
+        trainer = Trainer(cfg)
+        trainer.model_without_ddp.load_state_dict(state["model"])
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+    except (RuntimeError, KeyError) as exc:
+        raise ConfigError(f"argument --evaluate: {args.evaluate} does not fit its own settings "
+                          f"({str(exc).splitlines()[0]})") from None
+    splits = ["val", "test"] if cfg.selects_on == "val" else ["test"]
+    results: dict[str, float] = {}
+    for split in splits:
+        loss, top1, top5 = trainer.evaluate(split)
+        results |= {f"{split}_loss": loss, f"{split}_acc": top1, f"{split}_top5": top5}
+        results |= trainer.evaluate_beyond_top1(split)
+    out = args.output_dir or args.evaluate.parent
+    target = out / f"{args.evaluate.stem}-evaluation.json"
+    from alignmixup.files import atomic_write
+
+    atomic_write(target, lambda fh: fh.write(json.dumps({"checkpoint": str(args.evaluate), **results}, indent=2)
+                                              .encode()))
+    for name, value in results.items():
+        print(f"{name:<20} {value:.4f}" if not float(value).is_integer() else f"{name:<20} {int(value)}")
+    print(f"saved {target}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Train (or resume) the run the flags describe; returns the exit code."""
+    """Train (or resume) the run the flags describe, or evaluate a saved model; returns the exit code."""
+    if args.evaluate is not None:
+        return evaluate(args)
     resume, stored = _checkpoint_path(args)
     cfg = config_from_args(args, stored)
     out = args.output_dir or (resume.parent if resume is not None else default_output_dir(cfg))

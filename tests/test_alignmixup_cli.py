@@ -215,3 +215,19 @@ def test_a_terminal_gets_a_progress_bar_with_rate_and_time_left(tmp_path):
     assert proc.wait(timeout=300) == 0
     text = seen.decode(errors="replace")
     assert "epoch 1/1" in text and "img/s" in text and "<" in text  # tqdm: rate, elapsed<remaining
+
+
+def test_evaluate_a_saved_model_without_training(one_epoch_run, capsys):
+    best = one_epoch_run / "best.pt"
+    assert main(["--evaluate", str(best), "--evaluations", "calibration,fgsm", "--evaluation-images", "64"]) == 0
+    import json
+
+    results = json.loads((one_epoch_run / "best-evaluation.json").read_text())
+    (row,) = rows(one_epoch_run / "metrics.csv")
+    assert results["test_acc"] == pytest.approx(float(row["best_val_test_acc"]))  # the same weights, the same split
+    assert results["val_acc"] == pytest.approx(float(row["best_val_acc"]))
+    assert results["test_images"] == 64 and results["test_fgsm_acc"] <= results["test_clean_acc"]
+    assert 0 <= results["test_ece"] <= 1 and "test_pgd_acc" not in results
+    assert "test_ece" in capsys.readouterr().out
+    assert main(["--evaluate", str(best), "--width", "0.5"]) == 2
+    assert capsys.readouterr().err.startswith("alignmixup-train: error: argument --width: not with --evaluate")
