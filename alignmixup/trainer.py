@@ -66,7 +66,7 @@ class EpochMetrics:
     world_size: int
     rank: int
     gpu_mem_peak_gb: float | None = None
-    evaluations: dict[str, float] = field(default_factory=dict)
+    evaluations: dict[str, float | None] = field(default_factory=dict)  # None: not evaluated this epoch
 
     def as_dict(self) -> dict[str, Any]:
         """Flat metrics: every field, the evaluations (val_ece, test_fgsm_acc, ...) as their own keys."""
@@ -273,7 +273,7 @@ class Trainer:
         if improved:
             weights = self.model_without_ddp.state_dict()
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
-        evaluations = {}
+        evaluations: dict[str, float | None] = dict.fromkeys(evaluation_columns(cfg))  # every epoch has every key
         if cfg.selects_on == "val" and cfg.evaluation.runs_at(self.epoch, final):
             evaluations |= self.evaluate_beyond_top1("val")
         if final and cfg.eval_test != "never":
