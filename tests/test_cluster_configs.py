@@ -16,7 +16,9 @@ import yaml
 from ray._private.thirdparty.pathspec import PathSpec
 
 from cluster import submit
-from tune_jobs.config import Scaling, SweepConfig, check_storage, load_raw, preset_names, validate
+from tune_jobs.config import Scaling, SweepConfig, validate
+from tune_jobs.preflight import check_storage
+from tune_jobs.presets import load_raw, preset_names
 
 CLUSTER = Path(submit.__file__).parent
 REPO = CLUSTER.parent

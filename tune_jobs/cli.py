@@ -2,6 +2,7 @@
 
     alignmixup-tune run quickstart                      # a shipped preset, on a local Ray cluster
     alignmixup-tune run my_sweep.yaml --storage s3://bucket/sweeps --address auto
+    alignmixup-tune run cifar10-preactresnet18 --dry-run    # check everything it needs, start nothing
     alignmixup-tune resume runs/tune/quickstart-20261124-181500
     alignmixup-tune presets [NAME]
 
@@ -43,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="experiment name (default: <config name>-<date>-<time>)")
     r.add_argument("--num-samples", type=int, help="configurations to sample")
     r.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
+    r.add_argument("--dry-run", action="store_true", help="check the sweep, its storage, GPU memory, the cluster's "
+                   "resources and the data directory (here, or on the cluster's nodes with an address); run nothing")
     s = sub.add_parser("resume", help="finish an interrupted sweep")
     s.add_argument("experiment", metavar="EXPERIMENT_DIR")
     s.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
@@ -144,6 +147,13 @@ def run(argv: Sequence[str] | None) -> int:
         return 0
     if args.command == "run":
         sweep, experiment = prepare_run(args)
+        if args.dry_run:
+            print(f"{PROG} run --dry-run: nothing started\n  " + "\n  ".join(
+                preflight.dry_run(sweep, experiment, args.address)))
+            return 0
+        estimate = preflight.check_local(sweep)
+        if estimate is not None:
+            print(preflight.memory_line(sweep, estimate))
     else:
         experiment = prepare_resume(args)
     from tune_jobs import driver  # Ray is imported only once the configuration is known to be good
