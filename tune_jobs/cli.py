@@ -72,7 +72,7 @@ def prepare_run(args: argparse.Namespace) -> tuple[config.SweepConfig, str]:
     raw.update({k: v for k, v in overrides.items() if v is not None})
     raw.setdefault("name", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     sweep = config.validate(raw)
-    preflight.check_storage(sweep)
+    preflight.check_storage(sweep, probe_uri=True)  # a URI too: reachable, credentials, bucket (one PUT and DELETE)
     sweep = sweep.model_copy(update={"storage": storage.absolute(sweep.storage)})  # resume finds it from anywhere
     experiment = config.experiment_path(sweep.storage, sweep.name or "")
     if storage.exists(experiment):

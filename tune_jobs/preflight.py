@@ -83,7 +83,7 @@ def check_storage(sweep: SweepConfig, cluster: ClusterView | None = None, probe_
             )
     try:
         storage.check_writable(location)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: pyarrow's ArrowInvalid, e.g. an unknown URI parameter
         reason = (getattr(exc, "strerror", None) or str(exc)).strip().splitlines()[0]
         raise ConfigError(f"storage: cannot write to {location} ({reason})") from None
 
@@ -325,14 +325,15 @@ def memory_line(sweep: SweepConfig, estimate: MemoryEstimate) -> str:
 def dry_run(sweep: SweepConfig, experiment: str, address: str | None) -> list[str]:
     """Everything `run` would need, checked with nothing started (ConfigError at the first problem); the report.
 
+    `run` has checked the sweep and probed its storage already (cli.prepare_run).
+
     With an address (or RAY_ADDRESS) the cluster is joined and its nodes are checked: resources, storage as they see
     it, and the data directory on every node that can run a worker (a zero-CPU task each); without one, what a new
     local cluster would have and the data directory here. The storage is probed (a URI gets a PUT and a DELETE).
     """
     report = [f"sweep: valid, {sweep.num_samples} sample(s) x {sweep.repeats} repeat(s), {sweep.search_alg} search, "
               f"{sweep.scheduler.kind} over {sweep.scheduler.max_t} epochs",
-              f"storage: {experiment} is free and {sweep.storage} writable"]
-    check_storage(sweep, probe_uri=True)
+              f"storage: {sweep.storage} writable (a probe written and deleted), {experiment} free"]
     check_modules(sweep)
     modules = [m for ms in needed_modules(sweep).values() for m in ms]
     if modules:
