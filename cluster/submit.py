@@ -108,8 +108,10 @@ def sweep_args(
     name: str | None = None,
     num_samples: int | None = None,
     working_dir: Path = Path(),
+    dry_run: bool = False,
 ) -> list[str]:
-    """The entrypoint's argv: a preset name, or a config file inside the working dir (made relative to it)."""
+    """The entrypoint's argv: a preset name, or a config file inside the working dir (made relative to it);
+    dry_run: the sweep's own dry run on the cluster (its resources, storage and data directories; trains nothing)."""
     path = Path(target)
     if path.is_file():
         try:
@@ -124,7 +126,7 @@ def sweep_args(
     for flag, value in (("--storage", storage), ("--name", name), ("--num-samples", num_samples)):
         if value is not None:
             args += [flag, str(value)]
-    return args
+    return [*args, "--dry-run"] if dry_run else args
 
 
 def check_sweep(
@@ -144,7 +146,7 @@ def check_sweep(
     if sweep.storage.startswith("file://"):
         raise ConfigError(f"storage: give a local directory as a plain path (got {sweep.storage})")
     checked = [f"{target}: a valid sweep"]
-    estimate = preflight.check_memory(sweep)
+    estimate = preflight.check_packing(sweep)
     if estimate is not None:
         checked.append(preflight.memory_line(sweep, estimate))
     return checked
@@ -237,9 +239,10 @@ def _submit(ns: argparse.Namespace) -> int:
     if ns.dry_run:
         for line in checked:
             print(f"checked here: {line}", file=sys.stderr)
+        on_cluster = sweep_args(ns.target, ns.storage, ns.name, ns.num_samples, ns.working_dir, dry_run=True)
         print("checked by the job before any trial starts: the cluster's resources, the storage seen from its "
-              "nodes, their data directories (check them alone: the line below with --dry-run after the preset)",
-              file=sys.stderr)
+              f"nodes, their data directories; alone, with nothing trained:\n  "
+              f"{ray_job_submit_line(on_cluster, resolve_address(ns.address))}", file=sys.stderr)
         print(ray_job_submit_line(args, resolve_address(ns.address)))
         return 0
     client = connect(ns.address)

@@ -7,6 +7,7 @@ Ray instance of the machine).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -42,9 +43,11 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class Head:
-    """A running head: its job server address, the client environment that holds its token, its folder."""
+    """A running head: its job server address, its GCS address, the client environment that holds its token, its
+    folder."""
 
     address: str
+    gcs: str
     env: dict[str, str]
     root: Path
 
@@ -97,7 +100,7 @@ def head() -> Iterator[Head]:
                 mp.delenv(key, raising=False)
             wait_until(lambda: process.poll() is not None or job_server_answers(address), 180, "the head")
             assert process.poll() is None, (root / "head.log").read_text()[-3000:]
-            yield Head(address, env, root)
+            yield Head(address, f"127.0.0.1:{ports['port']}", env, root)
     finally:
         process.send_signal(signal.SIGTERM)  # the --block process drains and stops everything it started
         try:
@@ -163,3 +166,33 @@ def test_quickstart_via_ray_job_submit_then_helper_status_logs_stop(
     code, out = helper(head, capsys, "logs", "--follow", "to-stop")  # returns: the job has ended
     assert code == 0 and "Connected to Ray cluster" in out
     assert not (storage / "stopped" / "trials.parquet").exists()
+
+
+def dry_run(head: Head, *args: str) -> tuple[int, str, float]:
+    """`python -m tune_jobs run ARGS --dry-run --address <head>` from the repository root: (code, the last line of
+    stderr, seconds)."""
+    env = {**head.env, "PYTHONPATH": os.pathsep.join([str(REPO), head.env.get("PYTHONPATH", "")])}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "tune_jobs", "run", *args, "--dry-run", "--address", head.gcs],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return done.returncode, done.stderr.strip().splitlines()[-1], time.monotonic() - start
+
+
+def test_dry_run_of_a_gpu_preset_against_a_cpu_only_head(head: Head) -> None:
+    code, err, seconds = dry_run(head, "cifar10-preactresnet18", "--storage", str(head.root / "results"))
+    port = head.gcs.rpartition(":")[2]
+    assert code == 2 and err.startswith("alignmixup-tune: error: scaling.use_gpu: the cluster at "), err
+    assert f":{port} (1 node: CPU 2) has no GPU" in err and seconds < 90
+
+
+def test_dry_run_checks_the_data_directory_on_the_nodes(head: Head) -> None:
+    """A zero-CPU task on the node finds no CIFAR-10 where the sweep says (and downloads nothing)."""
+    missing = head.root / "no-cifar"
+    sweep = head.root / "cifar.yaml"
+    sweep.write_text(json.dumps({
+        "train": {"dataset": "cifar10", "data_dir": str(missing), "width": 0.25, "batch_size": 32},
+        "scheduler": {"kind": "fifo", "max_t": 1}, "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+    }))
+    code, err, seconds = dry_run(head, str(sweep), "--storage", str(head.root / "results"))
+    assert code == 2 and err.startswith(f"alignmixup-tune: error: train.data_dir {missing}: no such directory"), err
+    assert " on node " in err and seconds < 90 and not missing.exists()

@@ -191,6 +191,17 @@ def test_a_packing_that_does_not_fit_is_refused_naming_gpus_per_worker() -> None
     assert preflight.check_memory(preset("quickstart")) is None
 
 
+def test_two_ranks_of_a_trial_never_share_a_gpu() -> None:
+    """NCCL refuses two ranks of one communicator on one device ("Duplicate GPU detected")."""
+    halves = preset(GPU_PRESET, scaling={"num_workers": 2, "gpus_per_worker": 0.5})
+    message = refused("scaling.gpus_per_worker", preflight.check_packing, halves)
+    assert "Duplicate GPU detected" in message
+    preflight.check_packing(halves.model_copy(update={"scaling": halves.scaling.model_copy(
+        update={"placement_strategy": "STRICT_SPREAD"})}))  # one worker per node
+    preflight.check_packing(preset(GPU_PRESET, scaling={"num_workers": 2, "gpus_per_worker": 1}))
+    preflight.check_packing(preset(GPU_PRESET))  # one worker per trial, trials share the GPU
+
+
 def test_memory_candidates_cover_the_searched_layers_and_methods() -> None:
     sweep = preset("quickstart", search={"mix_layers": {"choice": ["0,4", "2"]}, "method": {"choice": ["mixup",
                                                                                                      "alignmixup"]}})

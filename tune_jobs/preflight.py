@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -127,6 +128,30 @@ def check_memory(sweep: SweepConfig) -> MemoryEstimate | None:
     return estimate
 
 
+def check_gpu_sharing(sweep: SweepConfig) -> None:
+    """Two workers of one trial never share a GPU: NCCL refuses two ranks of one communicator on one device.
+
+    (ncclCommInitRank fails with ncclInvalidUsage, "Duplicate GPU detected"; NCCL's documentation: "Using the same
+    CUDA device multiple times as different ranks of the same NCCL communicator is not supported".) Trials share
+    GPUs instead: one worker per trial with a fractional gpus_per_worker, as the presets do.
+    """
+    s = sweep.scaling
+    if s.use_gpu and s.num_workers > 1 and (s.gpus_per_worker or 0) < 1 and s.placement_strategy != "STRICT_SPREAD":
+        raise ConfigError(
+            f"scaling.gpus_per_worker: {s.gpus_per_worker:g} GPU per worker puts {s.num_workers} workers of one trial "
+            f"on one GPU, where NCCL cannot run two ranks of a trial's process group (ncclInvalidUsage: Duplicate GPU "
+            f"detected); use whole GPUs per worker and share GPUs between trials (num_workers: 1, a fractional "
+            f"gpus_per_worker), or placement_strategy: STRICT_SPREAD (one worker per node)"
+        )
+
+
+def check_packing(sweep: SweepConfig) -> MemoryEstimate | None:
+    """How the sweep shares GPUs, from the sweep alone: no two ranks of a trial on one GPU, every worker's estimated
+    peak memory within its share of the GPU it names; returns the estimate (None for a CPU sweep)."""
+    check_gpu_sharing(sweep)
+    return check_memory(sweep)
+
+
 def check_data(sweep: SweepConfig) -> None:
     """The sweep's data directory, on this machine, holds its data set in the readers' layout (nothing downloaded)."""
     from alignmixup.data import DataError, check_layout
@@ -138,9 +163,9 @@ def check_data(sweep: SweepConfig) -> None:
 
 
 def check_local(sweep: SweepConfig) -> MemoryEstimate | None:
-    """What `run` checks before Ray starts, besides the storage: modules and GPU memory; returns the estimate."""
+    """What `run` checks before Ray starts, besides the storage: modules and GPU packing; returns the estimate."""
     check_modules(sweep)
-    return check_memory(sweep)
+    return check_packing(sweep)
 
 
 # ----------------------------------------------------------------------------------- a cluster
@@ -338,7 +363,7 @@ def dry_run(sweep: SweepConfig, experiment: str, address: str | None) -> list[st
     modules = [m for ms in needed_modules(sweep).values() for m in ms]
     if modules:
         report.append(f"modules: {', '.join(modules)} importable")
-    estimate = check_memory(sweep)
+    estimate = check_packing(sweep)
     if estimate is not None:
         report.append(memory_line(sweep, estimate))
     address = address or os.environ.get("RAY_ADDRESS")
@@ -353,7 +378,7 @@ def dry_run(sweep: SweepConfig, experiment: str, address: str | None) -> list[st
     import ray
 
     try:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigError(f"address: cannot join the cluster at {address} ({str(exc).strip().splitlines()[0]})") \
             from None
