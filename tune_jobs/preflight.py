@@ -2,7 +2,7 @@
 
 The checks are pure functions of the sweep and, for those about a cluster, of a `ClusterView` (the alive nodes'
 resources, the node that runs the sweep's driver, whether the cluster autoscales), so that tests describe clusters
-as plain data. `run` performs the ones that need no cluster (modules, storage, GPU memory) before Ray starts and
+as plain data. `run` performs the ones that need no cluster (modules, storage, GPU packing) before Ray starts and
 the cluster's (resources, storage seen from the nodes) once it has joined (`check_joined_cluster`); a dry run
 also checks the data directory, on this machine or on every node that can run a worker.
 """
