@@ -10,8 +10,8 @@ as EpochMetrics.gpu_mem_peak_gb, which measures torch.cuda.max_memory_allocated)
 - activations: the input batch and every tensor autograd keeps for the backward, counted by running the network's
   forward on the meta device (shapes only, no arithmetic) under saved_tensors_hooks; with bf16 autocast on CUDA
   the kept floating-point tensors are bf16 and autocast keeps a bf16 copy of every conv and linear weight;
-- mixing: align_mix's own peak (Sinkhorn buffers, the plan, the partner features) at the mixing layer where it is
-  largest, i.e. the one with the most spatial positions N (its buffers are (B, N, N));
+- mixing: align_mix's own peak (Sinkhorn buffers, the plan, the partner features), at the mixing layer where it and
+  the activations together are largest: mostly the one with the most spatial positions N (its buffers are (B, N, N));
 - allowance: the CUDA context, cuDNN's workspace and the caching allocator's slack, which torch does not report
   as allocated tensors but which take room on the card.
 
@@ -199,7 +199,7 @@ def estimate_peak_gb(cfg: TrainConfig, world_size: int) -> MemoryEstimate:
             best = (act + mix, layer, act, mix)
     assert best is not None
     _, layer, act, mix = best
-    model = 4 * (3 * m.params + m.buffers) + (4 * m.params if world_size > 1 else 0)
+    model = 4 * (3 * m.params + m.buffers) + (4 * m.params if world_size > 1 else 0)  # one network at every layer
     allocated = (data + model + act + mix) / BYTES_PER_GB
     allowance = CUDA_CONTEXT_GB + CUDNN_WORKSPACE_GB + ALLOCATOR_SLACK * allocated
     if world_size > 1:

@@ -4,6 +4,7 @@ presets need against the package's runtime dependencies, and the dry runs that n
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import subprocess
@@ -218,8 +219,14 @@ def runtime_requirements(requires: list[str]) -> dict[str, Requirement]:
     return {canonicalize_name(r.name): r for r in reqs if r.marker is None or r.marker.evaluate({"extra": ""})}
 
 
+@functools.cache
+def module_distributions() -> dict[str, list[str]]:
+    """Top-level module -> the installed distributions that provide it (one scan of every installed RECORD)."""
+    return metadata.packages_distributions()
+
+
 def distributions_of(module: str) -> set[str]:
-    return {canonicalize_name(d) for d in metadata.packages_distributions().get(module, [])}
+    return {canonicalize_name(d) for d in module_distributions().get(module, [])}
 
 
 def preset_distributions() -> set[str]:

@@ -75,12 +75,14 @@ def check_storage(sweep: SweepConfig, cluster: ClusterView | None = None, probe_
         if not probe_uri:
             return
     elif not sweep.shared_storage:
-        away = "a multi-node trial" if sweep.scaling.multi_node else cluster.trials_away(sweep) if cluster else None
-        if away:
+        away = cluster.trials_away(sweep) if cluster else None
+        reason = "a multi-node trial needs storage every node sees" if sweep.scaling.multi_node else \
+            f"{away}, so they need storage every node sees" if away else None
+        if reason:
             raise ConfigError(
-                f"storage: {away}, so checkpoints on a local path vanish with the node a trial ran on and a retry "
-                f"restarts from epoch 0; give a URI such as s3://bucket/sweeps or gs://bucket/sweeps, or declare a "
-                f"path every node mounts with shared_storage: true (got the local path {location})"
+                f"storage: {reason} (a checkpoint on a local path vanishes with its node, and a retry restarts "
+                f"from epoch 0); give a URI such as s3://bucket/sweeps or gs://bucket/sweeps, or declare a path "
+                f"every node mounts with shared_storage: true (got the local path {location})"
             )
     try:
         storage.check_writable(location)
