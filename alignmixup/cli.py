@@ -13,7 +13,8 @@ import argparse
 import csv
 import io
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,29 @@ def summary_line(cfg: TrainConfig, history: list[Any]) -> str:
     return text
 
 
+@contextmanager
+def progress_bar(trainer: Any) -> Iterator[Callable[[int], None] | None]:
+    """On a terminal, a bar per epoch with the image rate and the time left (tqdm); in a log file, nothing."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=trainer.epoch_images(), unit="img", unit_scale=True, leave=False, dynamic_ncols=True)
+
+    def advance(images: int) -> None:
+        if bar.n == 0:
+            bar.set_description(f"epoch {trainer.epoch + 1}/{trainer.cfg.epochs}")
+        bar.update(images)
+        if bar.n >= bar.total:
+            bar.reset()
+
+    try:
+        yield advance
+    finally:
+        bar.close()
+
+
 def _checkpoint_path(args: argparse.Namespace) -> tuple[Path | None, dict[str, Any] | None]:
     """(checkpoint to resume, its stored settings), or (None, None) for a new run."""
     if args.resume is None:
@@ -346,7 +370,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"training {cfg.network} (width {cfg.width}) on {cfg.dataset} with {cfg.method} on {trainer.device}; "
           f"{len(trainer.data.train_idx)} training images; best epoch chosen on {selection}; output in {out}",
           flush=True)
-    history = trainer.fit(on_epoch)
+    with progress_bar(trainer) as on_batch:
+        history = trainer.fit(on_epoch, on_batch)
     if history:
         print(summary_line(cfg, history))
     return 0

@@ -6,9 +6,10 @@ turns pydantic's report into the one line a command prints before it exits with 
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -21,21 +22,46 @@ DATASETS: tuple[str, ...] = get_args(Dataset)
 KEYED = re.compile(r"^[A-Za-z_][\w.]*: ")  # a validator message that starts with the key it is about
 
 
-def error_line(exc: ValidationError, prefix: str = "", skip: frozenset[str] = frozenset()) -> str:
+def error_line(exc: ValidationError, prefix: str = "", skip: frozenset[str] = frozenset(),
+               model: type[BaseModel] | None = None) -> str:
     """The first pydantic error as one line `key.path: message (got value)`.
 
     `prefix` goes in front of the key path; `skip` drops path parts that are not keys the user wrote (the tag
-    pydantic adds for each member of a discriminated union).
+    pydantic adds for each member of a discriminated union). With the `model` that was validated, an unknown key
+    is reported first (a misspelt key also makes the real one "missing") with the nearest valid key.
     """
-    err = exc.errors()[0]
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
     loc = [prefix] if prefix else []
     loc += [str(p) for p in err["loc"] if p not in skip]
     msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden" and model is not None:
+        key, known = str(err["loc"][-1]), _known_keys(model, [str(p) for p in err["loc"][:-1]])
+        near = [k for k in known if k.startswith(key)] or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {near[0]}?" if near else f"expected one of {', '.join(known)}"
+        return f"{'.'.join(loc)}: unknown key ({hint})"
     if KEYED.match(msg) or not loc:  # a model-level check names its key itself
         return ".".join([*loc, msg])
     got = err.get("input")
     shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
     return f"{'.'.join(loc)}: {msg}{shown}"
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds (itself, or the members of a union or optional)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _known_keys(model: type[BaseModel], path: list[str]) -> list[str]:
+    """The valid keys at `path` inside `model` (path parts that are no field, such as union tags, are passed over)."""
+    models = [model]
+    for part in path:
+        inner = [m for outer in models if part in outer.model_fields
+                 for m in _models_in(outer.model_fields[part].annotation)]
+        models = inner or models
+    return sorted({name for m in models for name in m.model_fields})
 
 
 class Strict(BaseModel):
@@ -52,6 +78,44 @@ class SinkhornConfig(Strict):
     stop: StopRule = "release"
     tol: float = Field(0.1, gt=0, description="release rule: batch-mean L1 change of the row potential")
     cost_scaling: CostScaling = "none"
+
+
+class EvaluationConfig(Strict):
+    """Evaluations beyond top-1 (alignmixup.evaluation): calibration and L-inf robustness, val and test splits.
+
+    Budgets are L-inf in [0, 1] pixel space, one budget for FGSM and PGD so their accuracies compare.
+    """
+
+    kinds: list[Literal["calibration", "fgsm", "pgd"]] = Field(
+        default_factory=list, description="evaluations to run on each evaluated split; empty: none"
+    )
+    images: int | None = Field(1000, ge=1, description="evaluate the first N images of a split; None: all of it")
+    eps: float | None = Field(
+        None, gt=0, le=1, description="L-inf budget of FGSM and PGD in [0, 1] pixels; None: 8/255 to 32x32, else 4/255"
+    )
+    pgd_steps: int = Field(10, ge=1, le=1000)
+    pgd_step_size: float | None = Field(None, gt=0, le=1, description="PGD step in [0, 1] pixels; None: eps / 4")
+    pgd_random_start: bool = Field(True, description="PGD starts from a uniform draw in the eps ball")
+    bins: int = Field(15, ge=2, le=1000, description="equal-width confidence bins (k/bins, (k+1)/bins] of ECE and OE")
+    epochs: list[int] = Field(
+        default_factory=list, description="1-based epochs evaluated on the val split besides the last one"
+    )
+
+    def runs_at(self, epoch: int, final: bool) -> bool:
+        """Whether the val split is evaluated after 1-based `epoch` (always after the final one)."""
+        return bool(self.kinds) and (final or epoch in self.epochs)
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluationConfig:
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(f"kinds: repeated kind in {self.kinds}")
+        bad = [e for e in self.epochs if e < 1]
+        if bad:
+            raise ValueError(f"epochs: epochs are 1-based, got {bad[0]}")
+        if len(set(self.epochs)) != len(self.epochs):
+            raise ValueError(f"epochs: repeated epoch in {self.epochs}")
+        self.epochs = sorted(self.epochs)
+        return self
 
 
 class TrainConfig(Strict):
@@ -75,6 +139,10 @@ class TrainConfig(Strict):
     alpha: float = Field(2.0, gt=0)
     mix_layers: list[int] | None = Field(None, description="None: the release's {0, last stage}")
     sinkhorn: SinkhornConfig = Field(default_factory=SinkhornConfig)
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig, description="calibration and robustness on the val split (at the end and "
+        "at evaluation.epochs) and on the test split (at the end)"
+    )
     val_fraction: float = Field(
         0.1, ge=0, lt=1,
         description="validation split carved (seeded) from the training set; 0: the release's protocol (the whole "

@@ -48,10 +48,25 @@ class Arrays:
 
 @dataclass(frozen=True)
 class Normalization:
-    """Per-channel mean and std of the input normalisation, x_norm = (x_pixels_in_[0,1] - mean) / std."""
+    """Per-channel mean and std of the input normalisation, x = (pixel - mean) / std with pixels in [0, 1]."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not all(s > 0 for s in self.std):
+            raise ValueError(f"mean and std need one value per channel and std > 0, got {self.mean}, {self.std}")
+
+    def _view(self, values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(values, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised batch -> [0, 1] pixels (same memory layout)."""
+        return x * self._view(self.std, x) + self._view(self.mean, x)
+
+    def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels -> normalised batch (same memory layout)."""
+        return (pixels - self._view(self.mean, pixels)) / self._view(self.std, pixels)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from alignmixup.checkpoint import CheckpointError
 from alignmixup.config import TrainConfig
 from alignmixup.console import ConfigError
 from alignmixup.data import load_splits, shard
+from alignmixup.evaluation import evaluation_totals, finalize, metric_names, rank_share
 from alignmixup.mixing import BatchMix, Mixer
 from alignmixup.models import StagedNet, build_model
 
@@ -93,12 +95,18 @@ def metric_columns(cfg: TrainConfig) -> list[str]:
         skip |= {"test_acc", "best_test_acc", "best_val_test_acc"}
     if cfg.device == "cpu":
         skip.add("gpu_mem_peak_gb")
-    return [f.name for f in fields(EpochMetrics) if f.name not in skip]
+    return [f.name for f in fields(EpochMetrics) if f.name not in skip] + evaluation_columns(cfg)
+
+
+def evaluation_columns(cfg: TrainConfig) -> list[str]:
+    """The metrics of cfg.evaluation: val_<name> where a validation split exists, test_<name> unless no test."""
+    splits = [s for s, on in (("val", cfg.selects_on == "val"), ("test", cfg.eval_test != "never")) if on]
+    return [f"{split}_{name}" for split in splits for name in metric_names(cfg.evaluation)]
 
 
 def every_epoch_metrics(cfg: TrainConfig) -> list[str]:
     """The metrics a run of `cfg` reports with a value at every epoch (what an early-stopping scheduler may use)."""
-    sometimes = {"best_val_test_acc", "gpu_mem_peak_gb"}
+    sometimes = {"best_val_test_acc", "gpu_mem_peak_gb", *evaluation_columns(cfg)}
     if cfg.eval_test != "every":
         sometimes |= {"test_acc", "best_test_acc"}
     return [c for c in metric_columns(cfg) if c not in sometimes]
@@ -195,16 +203,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def fit(self, on_epoch: Callable[[EpochMetrics], None] | None = None) -> list[EpochMetrics]:
-        """Train from the current epoch to cfg.epochs, calling on_epoch(metrics) after each one."""
+    def fit(self, on_epoch: Callable[[EpochMetrics], None] | None = None,
+            on_batch: Callable[[int], None] | None = None) -> list[EpochMetrics]:
+        """Train from the current epoch to cfg.epochs, calling on_epoch(metrics) after each one (and on_batch)."""
         while self.epoch < self.cfg.epochs:
-            metrics = self.train_epoch()
+            metrics = self.train_epoch(on_batch)
             if on_epoch is not None:
                 on_epoch(metrics)
         return self.history
 
-    def train_epoch(self) -> EpochMetrics:
-        """One epoch of training, then the evaluations its protocol asks for; returns its metrics."""
+    def epoch_images(self) -> int:
+        """How many images this rank trains on per epoch."""
+        shard_size = len(self.data.train_idx) // self.world_size
+        return shard_size - shard_size % self.local_batch if self.drop_last else shard_size
+
+    def train_epoch(self, on_batch: Callable[[int], None] | None = None) -> EpochMetrics:
+        """One epoch of training, then the evaluations its protocol asks for; returns its metrics.
+
+        on_batch(images) is called after each step (a progress bar; it must not read device values).
+        """
         cfg, e = self.cfg, self.epoch
         lr = lr_at(cfg, e)
         for group in self.optimizer.param_groups:
@@ -223,6 +240,8 @@ class Trainer:
             loss_sum += self.step(x, y)[0]
             steps += 1
             samples += len(y)
+            if on_batch is not None:
+                on_batch(len(y))
         elapsed = time.perf_counter() - start
         loss_total, step_total, sample_total = self._all_sum(
             torch.stack([loss_sum, loss_sum.new_tensor(float(steps)), loss_sum.new_tensor(float(samples))])
@@ -254,14 +273,33 @@ class Trainer:
         if improved:
             weights = self.model_without_ddp.state_dict()
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
-        if cfg.selects_on == "val" and cfg.eval_test != "never" and final:
-            best_val_test = self._test_best_weights()
+        evaluations = {}
+        if cfg.selects_on == "val" and cfg.evaluation.runs_at(self.epoch, final):
+            evaluations |= self.evaluate_beyond_top1("val")
+        if final and cfg.eval_test != "never":
+            with self._best_weights():
+                if cfg.selects_on == "val":
+                    best_val_test = self.evaluate("test")[1]
+                if cfg.evaluation.kinds:
+                    evaluations |= self.evaluate_beyond_top1("test")
         gpu_mem = torch.cuda.max_memory_allocated(self.device) / BYTES_PER_GB if self.device.type == "cuda" else None
         return EpochMetrics(
             epoch=self.epoch, val_loss=val_loss, val_acc=val_acc, val_top5=val_top5, test_acc=test_acc,
             best_val_acc=best_val, best_test_acc=best_test, best_val_test_acc=best_val_test, improved=improved,
-            world_size=self.world_size, rank=self.rank, gpu_mem_peak_gb=gpu_mem, **train,
+            world_size=self.world_size, rank=self.rank, gpu_mem_peak_gb=gpu_mem, evaluations=evaluations, **train,
         )
+
+    def evaluate_beyond_top1(self, split: str) -> dict[str, float]:
+        """cfg.evaluation's calibration and robustness metrics on the first evaluation.images of a split, over all
+        ranks: {"<split>_ece": ..., "<split>_fgsm_acc": ...} (alignmixup.evaluation)."""
+        ev = self.cfg.evaluation
+        batches = self.data.eval_batches(split, max(self.local_batch, 256), self.rank, self.world_size)
+        totals = evaluation_totals(
+            self.model_without_ddp, batches, self.data.norm, ev, self.autocast,
+            limit=rank_share(ev.images, self.rank, self.world_size),
+            seed=derive_seed(self.cfg.seed, self.epoch, self.rank, 3 if split == "val" else 4),
+        )
+        return {f"{split}_{name}": value for name, value in finalize(self._all_sum(totals), ev).items()}
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, BatchMix]:
         """One optimisation step on a batch: mixing draw, forward, mixed loss, backward, SGD update.
@@ -295,15 +333,18 @@ class Trainer:
         loss, top1, top5, n = self._all_sum(totals).tolist()
         return loss / n, 100.0 * top1 / n, 100.0 * top5 / n
 
-    def _test_best_weights(self) -> float | None:
-        """Test top-1 of the best-validation weights (the current ones are put back afterwards)."""
+    @contextmanager
+    def _best_weights(self) -> Iterator[None]:
+        """The best epoch's weights in the model for the block (the current ones are put back afterwards)."""
         if self.best_state is None:
-            return None
+            yield
+            return
         current = {k: v.detach().clone() for k, v in self.model_without_ddp.state_dict().items()}
         self.model_without_ddp.load_state_dict(self.best_state)
-        acc = self.evaluate("test")[1]
-        self.model_without_ddp.load_state_dict(current)
-        return acc
+        try:
+            yield
+        finally:
+            self.model_without_ddp.load_state_dict(current)
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's buffers (BatchNorm running statistics) before evaluation.

@@ -1,33 +1,95 @@
 """Tables, plots and a notebook over the trial results an alignmixup sweep writes."""
 
-from analysis.asha import asha_rungs, rung_epochs, rung_results
-from analysis.cost import cost_by_trial, cost_summary
-from analysis.experiment import Experiment, ExperimentError, load
-from analysis.leaderboard import leaderboard
-from analysis.markdown import to_markdown
-from analysis.plots import accuracy_vs_hyperparameters, asha_rung_plot, learning_curves
-from analysis.published import published_comparison
+from analysis.experiment import (
+    Experiment,
+    ExperimentError,
+    Objective,
+    SchedulerSettings,
+    find_experiment,
+    load,
+    reproduce_command,
+)
+from analysis.plots import (
+    accuracy_vs_hyperparameters,
+    asha_rung_plot,
+    learning_curves,
+    pareto_plot,
+    schedule_plot,
+    seed_spread,
+    sinkhorn_plot,
+    training_curves,
+)
 from analysis.report import figures, tables, write_report
-from analysis.sensitivity import rank_correlation, sensitivity
+from analysis.tables import (
+    asha_rungs,
+    common_epoch,
+    compare_at_epoch,
+    configurations,
+    cost_by_trial,
+    cost_summary,
+    exploits,
+    final_best_trial,
+    has_donors,
+    has_rungs,
+    has_sinkhorn,
+    leaderboard,
+    lineage,
+    mean_interval,
+    objective_values,
+    pareto_front,
+    pareto_mask,
+    published_comparison,
+    rank_correlation,
+    rung_epochs,
+    rung_results,
+    sensitivity,
+    sinkhorn_convergence,
+    to_markdown,
+    trial_leaderboard,
+)
 
 __all__ = [
     "Experiment",
     "ExperimentError",
+    "Objective",
+    "SchedulerSettings",
     "accuracy_vs_hyperparameters",
     "asha_rung_plot",
     "asha_rungs",
+    "common_epoch",
+    "compare_at_epoch",
+    "configurations",
     "cost_by_trial",
     "cost_summary",
+    "exploits",
     "figures",
+    "final_best_trial",
+    "find_experiment",
+    "has_donors",
+    "has_rungs",
+    "has_sinkhorn",
     "leaderboard",
     "learning_curves",
+    "lineage",
     "load",
+    "mean_interval",
+    "objective_values",
+    "pareto_front",
+    "pareto_mask",
+    "pareto_plot",
     "published_comparison",
     "rank_correlation",
+    "reproduce_command",
     "rung_epochs",
     "rung_results",
+    "schedule_plot",
+    "seed_spread",
     "sensitivity",
+    "sinkhorn_convergence",
+    "sinkhorn_plot",
     "tables",
     "to_markdown",
+    "training_curves",
+    "trial_leaderboard",
     "write_report",
 ]

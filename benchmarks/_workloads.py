@@ -1,6 +1,6 @@
 """Shared workloads: a synthetic CIFAR-10 directory, Trainers built on it, and one training step.
 
-The directory is written once per size in the real on-disk format (tests/data_writers.write_cifar), so the
+The directory is written once per size in the real on-disk format (tests/helpers/data_writers.write_cifar), so the
 benchmarks go through the trainer's own reader, device-resident pipeline, model, mixer and optimiser.
 """
 
@@ -17,7 +17,7 @@ from alignmixup.trainer import Trainer
 
 def synthetic_cifar(images: int, root: Path | None = None) -> Path:
     """A CIFAR-10 python-pickle directory with `images` random training images (a multiple of 5), reused."""
-    from tests.data_writers import write_cifar
+    from tests.helpers.data_writers import write_cifar
 
     root = root or Path(tempfile.gettempdir()) / f"alignmixup-bench-cifar10-{images}"
     done = root / "complete"

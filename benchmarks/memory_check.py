@@ -35,7 +35,7 @@ from tune_jobs.presets import load_raw, preset_names
 
 def synthetic(dataset: str, root: Path, images: int) -> tuple[Path, int, int]:
     """A data directory of `dataset` in its reader's format with about `images` training images: (dir, train, test)."""
-    from tests.data_writers import write_cifar, write_imagefolder
+    from tests.helpers.data_writers import write_cifar, write_imagefolder
 
     test = max(images // 10, 16)
     if dataset in ("cifar10", "cifar100"):

@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     device = setup(args)
     if device.type != "cpu":
         raise SystemExit("ray_overhead measures the CPU quickstart path: run it with --device cpu")
-    from tune_jobs.config import validate
+    from tune_jobs.config import trial_settings, validate
 
-    # the plain side trains exactly the TrainConfig that the sweep's one trial gets
-    train = validate(sweep_config(args, "unused", "plain")).trial_config({}).model_dump(mode="json")
+    # the plain side trains exactly the TrainConfig that the sweep's one trial gets (its seed included)
+    train = trial_settings(validate(sweep_config(args, "unused", "plain")), {}, 0)[0].model_dump(mode="json")
     os.environ.pop("RAY_ADDRESS", None)  # always a fresh local cluster
     rows = []
     with tempfile.TemporaryDirectory(prefix="ray-overhead-") as tmp:

@@ -137,12 +137,10 @@ def check_sweep(
     What depends on the cluster (its resources, the storage seen from its nodes, the data directories on them) is
     checked by the job itself, on the cluster, before any trial starts (`alignmixup-tune run`).
     """
-    from tune_jobs import config, preflight, presets
+    from tune_jobs import api, preflight
 
-    raw, _ = presets.load_raw(target)
-    raw.update({k: v for k, v in {"storage": storage, "name": name, "num_samples": num_samples}.items()
-                if v is not None})
-    sweep = config.validate(raw)
+    overrides = {"storage": storage, "name": name, "num_samples": num_samples}  # as the job's command line sets them
+    sweep = api.load_sweep(target, {k: v for k, v in overrides.items() if v is not None})
     if sweep.storage.startswith("file://"):
         raise ConfigError(f"storage: give a local directory as a plain path (got {sweep.storage})")
     checked = [f"{target}: a valid sweep"]

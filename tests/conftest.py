@@ -1,161 +1,112 @@
-"""Session fixtures shared by the tune_jobs and analysis tests: one small real sweep, run once.
+"""Session fixtures: one Ray head node, and one real sweep on it that every sweep and analysis test reads.
 
-`sweep_experiment` is the experiment directory of a 6-trial ASHA sweep of 2-worker gloo DDP trials on
-digits, run through the CLI (`python -m tune_jobs run`) on a local Ray cluster. While it runs, one
-worker of a trial is SIGKILLed once its first epoch is checkpointed (`sweep_run.killed` says which), so the
-same sweep also shows a trial retried from its last checkpoint.
+`head` is a `ray start --head` on loopback with token auth (tests/helpers/ray_head.py). `sweep_run` sends the
+shared sweep (tests/helpers/sweeps.py SMALL_SWEEP: 2 configurations x 2 seeds of 2-worker gloo DDP on digits,
+ASHA) with the documented `ray job submit` line, and while it runs:
+- SIGKILLs rank 1 of the first trial whose epoch-1 checkpoint is registered: Ray Train restarts the workers from
+  that checkpoint;
+- SIGKILLs the sweep's driver (the job's entrypoint) once ASHA has recorded two trials at its first rung;
+then sends `alignmixup-tune resume` the same way, which finishes the sweep and writes its tables. So the one
+sweep shows a worker retry, a driver loss and a resume that keeps ASHA's rungs, besides the tables themselves.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from helpers.net import wait_until
+from helpers.ray_head import Head, client_environment, running_head
+from helpers.sweeps import (
+    FIRST_RUNG,
+    REPO,
+    SMALL_SWEEP,
+    SWEEP_TIMEOUT_S,
+    SweepRun,
+    SweepTables,
+    latest_reports,
+    read_tables,
+    scheduler_state,
+    write_sweep,
+)
 
-from tune_jobs.layout import TRAIN_RUNS
-
-REPO = Path(__file__).resolve().parents[1]
-SWEEP_TIMEOUT_S = 900
-CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of registered checkpoints
-
-SMALL_SWEEP: dict[str, Any] = {
-    "description": "test sweep: 6 trials of 2-worker DDP on digits, ASHA rungs at epochs 2 and 4",
-    "train": {
-        "dataset": "digits", "network": "preactresnet18", "width": 0.125, "batch_size": 128, "lr": 0.1,
-        "weight_decay": 5e-4, "lr_schedule": "cosine", "eval_test": "end",
-    },
-    "search": {
-        "alpha": {"loguniform": [0.2, 4.0]},
-        "mix_layers": {"choice": ["0,4", "4", "0,2"]},
-        "eps": {"loguniform": [0.01, 1.0]},
-        "cost_scaling": "mean",
-    },
-    "scheduler": {"kind": "asha", "metric": "val_acc", "mode": "max", "max_t": 4, "grace_period": 2,
-                  "reduction_factor": 2},
-    "num_samples": 6,
-    "max_concurrent_trials": 2,
-    "max_failures": 2,
-    "seed": 3,
-    "scaling": {"num_workers": 2, "cpus_per_worker": 0.49, "trial_cpus": 0.01},
-}
-
-
-def read_results(experiment: Path) -> dict[str, list[dict[str, Any]]]:
-    """trial_id -> the rows Tune logged (complete once the CLI has finished)."""
-    return {
-        path.parent.name.removeprefix("trial_"): [json.loads(line) for line in path.read_text().splitlines()]
-        for path in sorted(experiment.glob("trial_*/result.json"))
-    }
-
-
-def latest_reports(experiment: Path) -> dict[str, dict[str, Any]]:
-    """trial_id -> the metrics of its newest checkpoint that Ray Train has registered, live.
-
-    Read from each Train run's checkpoint_manager_snapshot.json, which the controller rewrites once every
-    rank's report of a checkpoint has arrived: a checkpoint folder alone may belong to a report that never
-    completed (and is not resumed from). Tune's own result.json reaches storage later.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for path in experiment.glob(f"{TRAIN_RUNS}/train-*/{CHECKPOINT_SNAPSHOT}"):
-        try:
-            results = json.loads(path.read_text())["checkpoint_results"]
-        except (OSError, json.JSONDecodeError, KeyError):  # being rewritten
-            continue
-        if results:
-            out[path.parent.name.removeprefix("train-")] = max((r["metrics"] for r in results),
-                                                                key=lambda m: m["epoch"])
-    return out
-
-
-@dataclass
-class TuneCli:
-    """Runs `python -m tune_jobs` in a subprocess with its output in a log file."""
-
-    root: Path
-
-    def start(self, *args: str, log: str) -> subprocess.Popen:
-        """Start the CLI (from the repository root, as README does)."""
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        env.pop("RAY_ADDRESS", None)
-        with open(self.root / log, "ab") as fh:
-            return subprocess.Popen([sys.executable, "-m", "tune_jobs", *args], cwd=REPO, env=env, stdout=fh,
-                                    stderr=subprocess.STDOUT)
-
-    def write_sweep(self, sweep: dict[str, Any], name: str) -> Path:
-        """Write a sweep YAML file; returns its path."""
-        path = self.root / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(sweep))
-        return path
-
-    def log(self, name: str) -> str:
-        return (self.root / name).read_text(errors="replace")
-
-    def wait(self, proc: subprocess.Popen, until: Callable[[], Any], what: str, timeout: float) -> Any:
-        """Poll until() until it returns something truthy; fail if the CLI exits or time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if found := until():
-                return found
-            if proc.poll() is not None:
-                pytest.fail(f"the sweep exited ({proc.returncode}) before {what}")
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        pytest.fail(f"timed out waiting for {what}")
-
-
-@dataclass(frozen=True)
-class SweepRun:
-    """The shared sweep: its experiment directory, the worker killed during it, its wall time."""
-
-    experiment: Path
-    killed: dict[str, Any]
-    seconds: float
-    output: str
+from cluster import submit
 
 
 @pytest.fixture(scope="session")
-def tune_cli(tmp_path_factory: pytest.TempPathFactory) -> TuneCli:
-    return TuneCli(tmp_path_factory.mktemp("tune_cli"))
+def head() -> Iterator[Head]:
+    """A 2-CPU Ray head for the session."""
+    with running_head(num_cpus=2) as running:
+        yield running
+
+
+def _job_line(head: Head, *args: str) -> str:
+    """The documented `ray job submit` line (cluster/README.md) for `python -m tune_jobs ARGS`."""
+    return submit.ray_job_submit_line(["python", "-m", "tune_jobs", *args], head.address)
 
 
 @pytest.fixture(scope="session")
-def sweep_run(tune_cli: TuneCli) -> SweepRun:
-    """Run SMALL_SWEEP once; SIGKILL rank 1 of the first trial whose epoch-1 checkpoint is registered (mid-epoch 2)."""
-    config = tune_cli.write_sweep(SMALL_SWEEP, "small")
-    storage = tune_cli.root / "runs"
-    experiment = storage / "small"
+def sweep_run(head: Head) -> SweepRun:
+    folder = Path(tempfile.mkdtemp(prefix="sweep", dir=head.root))
+    config = write_sweep(folder, SMALL_SWEEP, "shared")
+    storage = head.root / "results"
+    experiment = storage / "shared"
     start = time.monotonic()
-    proc = tune_cli.start("run", str(config), "--storage", str(storage), "--name", "small", log="small.log")
+    log = folder / "run.log"
+    with open(log, "wb") as out:
+        run = subprocess.Popen(_job_line(head, "run", str(config), "--storage", str(storage), "--name", "shared"),
+                               shell=True, cwd=REPO, env=head.env, stdout=out, stderr=subprocess.STDOUT)
 
     def first_epoch() -> dict[str, Any] | None:
+        if run.poll() is not None:
+            pytest.fail(f"the sweep job ended early: {log.read_text(errors='replace')[-3000:]}")
         for trial_id, report in latest_reports(experiment).items():
-            if report["epoch"] == 1:  # grace_period 2: ASHA cannot stop it before epoch 2
+            if report["epoch"] == 1:  # ASHA cannot stop it before its first rung
                 return {"trial_id": trial_id, "pid": report["pid_by_rank"][1], "after_epoch": 1}
         return None
 
-    killed = tune_cli.wait(proc, first_epoch, "a trial's first epoch", SWEEP_TIMEOUT_S)
+    killed = wait_until(first_epoch, SWEEP_TIMEOUT_S, "a trial's first epoch")
     os.kill(killed["pid"], signal.SIGKILL)
-    try:
-        rc = proc.wait(timeout=SWEEP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        pytest.fail("the shared sweep did not finish in time")
-    output = tune_cli.log("small.log")
-    assert rc == 0, output[-4000:]
-    return SweepRun(experiment, killed, time.monotonic() - start, output)
+
+    def first_rung_twice() -> list[dict[str, Any]] | None:
+        if run.poll() is not None:
+            pytest.fail(f"the sweep job ended early: {log.read_text(errors='replace')[-3000:]}")
+        state = scheduler_state(experiment)
+        decisions = state["decisions"] if state else []
+        return decisions if sum(d["milestone"] == FIRST_RUNG for d in decisions) >= 2 else None
+
+    decisions = wait_until(first_rung_twice, SWEEP_TIMEOUT_S, "two decisions at the first rung")
+    with client_environment(head.env):
+        client = submit.connect(head.address)
+        (job,) = [j for j in client.list_jobs() if " run " in j.entrypoint]
+        os.kill(int(client.get_job_info(job.submission_id).driver_info.pid), signal.SIGKILL)
+        wait_until(lambda: str(client.get_job_status(job.submission_id)) == "FAILED", 120, "the job to fail")
+    run.wait(timeout=120)
+
+    resumed = subprocess.run(_job_line(head, "resume", str(experiment)), shell=True, cwd=REPO, env=head.env,
+                             capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+    output = log.read_text(errors="replace") + resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-5000:]
+    with client_environment(head.env):
+        jobs = submit.connect(head.address).list_jobs()
+    (resume_job,) = [j.submission_id for j in jobs if " resume " in j.entrypoint]
+    return SweepRun(experiment, killed, decisions, job.submission_id, resume_job, output, time.monotonic() - start)
 
 
 @pytest.fixture(scope="session")
 def sweep_experiment(sweep_run: SweepRun) -> Path:
-    """The shared sweep's experiment directory (trials.parquet, epochs.parquet, sweep.json, trial dirs)."""
+    """The shared sweep's experiment directory (tables, decisions, sweep.json, Ray's trial folders)."""
     return sweep_run.experiment
+
+
+@pytest.fixture(scope="session")
+def sweep_tables(sweep_run: SweepRun) -> SweepTables:
+    """The shared sweep's tables, read directly."""
+    return read_tables(sweep_run.experiment)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from data_writers import write_cifar, write_imagefolder
+from helpers.data_writers import write_cifar, write_imagefolder
 
 from alignmixup.cli import build_parser, config_from_args, main
 from alignmixup.config import TrainConfig
@@ -34,6 +34,7 @@ def test_readme_digits_command_reaches_95_percent(tmp_path):
     assert max(float(r["val_acc"]) for r in metrics) >= 95.0
     assert (out / "checkpoint.pt").is_file() and (out / "best.pt").is_file()
     assert float(metrics[-1]["best_val_test_acc"]) > 90.0
+    assert "img/s]" not in proc.stderr  # no progress bar in a log: stderr is a pipe here
 
 
 def test_release_cifar100_command_runs_unchanged_but_for_paths(tmp_path):
@@ -187,3 +188,30 @@ def test_command_line_rebuilds_the_config(cfg):
     from alignmixup.cli import command_line
 
     assert config_from_args(build_parser().parse_args(command_line(cfg))) == cfg
+
+
+def test_a_terminal_gets_a_progress_bar_with_rate_and_time_left(tmp_path):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    main_fd, term_fd = pty.openpty()
+    fcntl.ioctl(term_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a real terminal has a size
+    proc = subprocess.Popen([sys.executable, "-m", "alignmixup", "--dataset", "digits", "--width", "0.125",
+                             "--epochs", "1", "--output-dir", str(tmp_path / "o")], stdout=subprocess.DEVNULL,
+                            stderr=term_fd, stdin=subprocess.DEVNULL)
+    os.close(term_fd)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 4096)
+        except OSError:  # the run ended and closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=300) == 0
+    text = seen.decode(errors="replace")
+    assert "epoch 1/1" in text and "img/s" in text and "<" in text  # tqdm: rate, elapsed<remaining

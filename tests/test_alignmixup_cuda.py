@@ -38,7 +38,7 @@ def test_memory_estimate_bounds_a_measured_epoch(tmp_path):
 
     The estimate is an upper bound by construction; a measured peak far below it would waste GPUs in packing
     (benchmarks/memory_check.py reports the ratios for the presets' own trials)."""
-    from data_writers import write_cifar
+    from helpers.data_writers import write_cifar
 
     from alignmixup.memory import estimate_peak_gb
 

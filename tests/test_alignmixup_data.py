@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from data_writers import write_cifar, write_imagefolder, write_tinyimagenet
+from helpers.data_writers import write_cifar, write_imagefolder, write_tinyimagenet
 
 from alignmixup.config import DATASETS, TrainConfig
 from alignmixup.data import (

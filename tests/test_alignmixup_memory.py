@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from data_writers import write_cifar
+from helpers.data_writers import write_cifar
 from torch.profiler import ProfilerActivity, profile
 
 from alignmixup import memory

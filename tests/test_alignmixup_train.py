@@ -118,7 +118,7 @@ def test_one_process_trains_on_every_image_of_the_split():
 
 
 def test_release_protocol_selects_on_test_and_reports_no_validation():
-    tr = Trainer(small(epochs=3, val_fraction=0))
+    tr = Trainer(small(epochs=3, val_fraction=0, eval_test="every"))
     history = tr.fit()
     assert tr.cfg.eval_test == "every" and len(tr.data.train_idx) == len(tr.data.train)
     assert all(m.val_acc is None and m.val_loss is None and m.best_val_acc is None for m in history)
@@ -129,3 +129,23 @@ def test_release_protocol_selects_on_test_and_reports_no_validation():
     assert [m.improved for m in history][best_epoch] and tr.best_state is not None
     tr.model_without_ddp.load_state_dict(tr.best_state)
     assert tr.evaluate("test")[1] == history[-1].best_test_acc  # the kept weights are the best-test epoch's
+
+
+def test_evaluations_on_val_at_chosen_epochs_and_on_test_with_the_best_weights():
+    tr = Trainer(small(epochs=2, evaluation={"kinds": ["calibration", "fgsm"], "images": 64, "epochs": [1]}))
+    first, last = tr.fit()
+    names = ["clean_acc", "images", "ece", "oe", "nll", "fgsm_acc"]
+    assert sorted(first.evaluations) == sorted(f"val_{n}" for n in names)
+    assert sorted(last.evaluations) == sorted(f"{s}_{n}" for s in ("val", "test") for n in names)
+    assert last.evaluations["test_images"] == 64 and last.evaluations["val_images"] == 64
+    assert last.evaluations["test_fgsm_acc"] <= last.evaluations["test_clean_acc"]
+    # test evaluations are of the best-validation weights, like best_val_test_acc
+    tr.model_without_ddp.load_state_dict(tr.best_state)
+    tr.model_without_ddp.eval()
+    x, y = tr.data.test.batch(tr.data.test_idx[:64], train=False)
+    with torch.no_grad():
+        clean = (tr.model_without_ddp(x).argmax(1) == y).double().mean().item() * 100
+    assert last.evaluations["test_clean_acc"] == pytest.approx(clean)
+    from alignmixup.trainer import metric_columns
+
+    assert set(last.as_dict()) == set(metric_columns(tr.cfg)) | {"gpu_mem_peak_gb"}

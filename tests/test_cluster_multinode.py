@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,8 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from conftest import latest_reports
+from helpers.net import free_port
+from helpers.sweeps import latest_reports
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDS_ENV = "ALIGNMIXUP_TEST_RECORDS"
@@ -70,13 +70,6 @@ def record_epochs() -> None:
 def load_records(folder: Path) -> list[dict[str, Any]]:
     """Every record written so far, oldest first."""
     return sorted((torch.load(p) for p in folder.glob("*.pt")), key=lambda r: r["time"])
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def remove_a_worker_node(cluster: Any, records: Path, out: Path) -> None:

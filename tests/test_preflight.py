@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from data_writers import write_cifar, write_imagefolder, write_tinyimagenet
+from helpers.data_writers import write_cifar, write_imagefolder, write_tinyimagenet
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, SMALL_SWEEP
+from helpers.sweeps import REPO, SMALL_SWEEP
 
 from alignmixup.console import ConfigError
 from tune_jobs import cli, config, preflight, presets
@@ -32,10 +32,12 @@ print(json.dumps({"results": out, "ray_imported": "ray" in sys.modules}))
 
 
 def sweep_with(change: dict[str, Any]) -> dict[str, Any]:
-    """SMALL_SWEEP with nested keys replaced ({"search": {"alpha": -1}} changes only search.alpha)."""
+    """SMALL_SWEEP with nested keys replaced ({"search": {"alpha": -1}} changes only search.alpha; None deletes)."""
     out = copy.deepcopy(SMALL_SWEEP)
     for key, value in change.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if value is None:
+            del out[key]
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key].update(value)
         else:
             out[key] = value
@@ -43,8 +45,11 @@ def sweep_with(change: dict[str, Any]) -> dict[str, Any]:
 
 
 BAD: dict[str, tuple[dict[str, Any], str]] = {
-    "unknown key": ({"shedule": {"kind": "fifo"}}, "shedule: Extra inputs are not permitted"),
-    "unknown train key": ({"train": {"epoch": 3}}, "train.epoch: Extra inputs are not permitted"),
+    "unknown key": ({"shedule": {"kind": "fifo"}}, "shedule: unknown key (did you mean scheduler?)"),
+    "misspelt required key": ({"schedular": SMALL_SWEEP["scheduler"], "scheduler": None},
+                              "schedular: unknown key (did you mean scheduler?)"),
+    "unknown train key": ({"train": {"epoch": 3}}, "train.epoch: unknown key (did you mean epochs?)"),
+    "unknown scheduler key": ({"scheduler": {"grace": 3}}, "scheduler.grace: unknown key (did you mean grace_period?)"),
     "alpha <= 0": ({"search": {"alpha": -1.0}}, "search.alpha: Input should be greater than 0 (got -1.0)"),
     "alpha = 0 in a choice": ({"search": {"alpha": {"choice": [1.0, 0.0]}}}, "search.alpha: Input should be greater"),
     "empty choice": ({"search": {"mix_layers": {"choice": []}}}, "search.mix_layers.choice: needs a non-empty list"),
@@ -61,13 +66,27 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
     "bad eps range": ({"search": {"eps": {"loguniform": [1.0, 0.1]}}}, "search.eps.loguniform: low must be < high"),
     "unknown scheduler": ({"scheduler": {"kind": "pbt"}}, "scheduler: Input tag 'pbt'"),
     "metric not reported": ({"scheduler": {"metric": "accuracy"}}, "scheduler.metric: not reported at every epoch"),
+    "objectives without optuna": ({"search_alg": "random"}, "search_alg: objectives need optuna"),
+    "scheduler not on the first objective": (
+        {"objectives": [{"metric": "val_ece", "mode": "min"}, {"metric": "val_acc", "mode": "max"}]},
+        "scheduler.metric: the scheduler acts on the first objective",
+    ),
+    "objective on the test set": (
+        {"objectives": [{"metric": "val_acc", "mode": "max"}, {"metric": "test_ece", "mode": "min"}]},
+        "objectives.1.metric: not a validation metric",
+    ),
+    "objective never measured": (
+        {"objectives": [{"metric": "val_acc", "mode": "max"}, {"metric": "val_pgd_acc", "mode": "max"}]},
+        "objectives.1.metric: not a validation metric",
+    ),
     "metric not reported every epoch": (
         {"scheduler": {"metric": "test_acc"}}, "scheduler.metric: not reported at every epoch (got 'test_acc'"
     ),
     "best test metric": ({"scheduler": {"metric": "best_val_test_acc"}}, "scheduler.metric: not reported at every"),
     "selection on test": ({"train": {"val_fraction": 0}}, "train.val_fraction: a sweep selects on a validation"),
     "copies of one grid": (
-        {"search": {"alpha": {"grid": [1.0, 2.0]}, "mix_layers": "0,4", "eps": 0.1}, "num_samples": 3},
+        {"search": {"alpha": {"grid": [1.0, 2.0]}, "mix_layers": "0,4", "eps": 0.1}, "num_samples": 3,
+         "search_alg": "random", "objectives": None},
         "num_samples: with nothing to sample",
     ),
     "repeats 0": ({"repeats": 0}, "repeats: Input should be greater than or equal to 1"),
@@ -193,7 +212,8 @@ def test_trial_config_maps_hyperparameters_onto_train_config() -> None:
 
 
 def test_search_space_is_data() -> None:
-    raw = sweep_with({"search": {"mix_layers": {"grid": [[0, 4], "4"]}, "lr": 0.05}})
+    raw = sweep_with({"search": {"mix_layers": {"grid": [[0, 4], "4"]}, "lr": 0.05}, "search_alg": "random",
+                      "objectives": None})
     del raw["train"]["lr"]  # a searched hyperparameter may not also be set in train
     sweep = config.validate(raw)
     params = sweep.search.params()

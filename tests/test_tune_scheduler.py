@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from tune_jobs.scheduler import RecordedASHA, milestones
-from tune_jobs.schema import DECISION_COLUMNS, DECISIONS_TABLE, SCHEDULER_STATE
+from tune_jobs.scheduler import RecordedASHA
+from tune_jobs.schema import DECISION_COLUMNS, DECISIONS_TABLE, SCHEDULER_STATE, milestones
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,13 @@ which every trial failed exits with code 1; an interrupted one with 130.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from alignmixup.console import ConfigError, Parser, add_version, run_command
-from tune_jobs import config, preflight, presets, storage
-from tune_jobs.schema import HP_PREFIX, SWEEP_FILE
+from tune_jobs import api, config, preflight, presets, storage
+from tune_jobs.schema import HP_PREFIX
 
 if TYPE_CHECKING:
     from tune_jobs import driver as driver_types
@@ -29,7 +27,6 @@ if TYPE_CHECKING:
 PROG = "alignmixup-tune"
 EXIT_ALL_FAILED = 1
 EXIT_INTERRUPTED = 130
-STORAGE_ENV = "ALIGNMIXUP_STORAGE"  # a cluster's default storage (its nodes set it): used when the sweep gives none
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,9 +37,12 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="start a sweep from a YAML file or a preset name", description=None)
     r.add_argument("config", metavar="CONFIG_OR_PRESET")
     r.add_argument("--storage", help=f"directory or URI (s3://, gs://) that holds the experiment (default: the "
-                   f"sweep's, else ${STORAGE_ENV}, else runs/tune)")
+                   f"sweep's, else ${api.STORAGE_ENV}, else runs/tune)")
     r.add_argument("--name", help="experiment name (default: <config name>-<date>-<time>)")
     r.add_argument("--num-samples", type=int, help="configurations to sample")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=YAML",
+                   help="override a key of the sweep file, validated like the file: --set train.width=0.5 "
+                   "--set search.alpha='{loguniform: [0.5, 4]}' (repeatable)")
     r.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
     r.add_argument("--dry-run", action="store_true", help="check the sweep, its storage, GPU memory, the cluster's "
                    "resources and the data directory (here, or on the cluster's nodes with an address); run nothing")
@@ -65,27 +65,17 @@ def presets_text(name: str | None) -> str:
 
 def prepare_run(args: argparse.Namespace) -> tuple[config.SweepConfig, str]:
     """Validate the sweep with the command line's overrides and check its storage (no Ray)."""
+    overrides: dict[str, Any] = {}
+    for override in args.overrides:
+        path, sep, text = override.partition("=")
+        if not sep or not path.strip():
+            raise ConfigError(f"argument --set: expected KEY.PATH=VALUE such as train.width=0.5 (got {override!r})")
+        overrides[path.strip()] = presets.parse_yaml(text, f"--set {path.strip()}")
+    if args.num_samples is not None:
+        overrides["num_samples"] = args.num_samples
     raw, stem = presets.load_raw(args.config)
-    if "storage" not in raw and os.environ.get(STORAGE_ENV):
-        raw["storage"] = os.environ[STORAGE_ENV]
-    overrides = {"storage": args.storage, "name": args.name, "num_samples": args.num_samples}
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    raw.setdefault("name", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    sweep = config.validate(raw)
-    preflight.check_storage(sweep, probe_uri=True)  # a URI too: reachable, credentials, bucket (one PUT and DELETE)
-    sweep = sweep.model_copy(update={"storage": storage.absolute(sweep.storage)})  # resume finds it from anywhere
-    experiment = config.experiment_path(sweep.storage, sweep.name or "")
-    if storage.exists(experiment):
-        raise ConfigError(f"name: {experiment} exists; resume it with `{PROG} resume {experiment}`")
-    return sweep, experiment
-
-
-def prepare_resume(args: argparse.Namespace) -> str:
-    """The experiment to resume, as the path or URI Tune restores from."""
-    experiment = storage.absolute(args.experiment)
-    if not storage.is_file(storage.join(experiment, SWEEP_FILE)):
-        raise ConfigError(f"experiment: {args.experiment} holds no {SWEEP_FILE} (not a directory `run` made)")
-    return experiment
+    return api.prepare(api.load_sweep(raw, overrides), storage_location=args.storage, name=args.name,
+                       default_name=stem)
 
 
 def _hp_text(row: object, columns: list[str]) -> str:
@@ -155,7 +145,7 @@ def run(argv: Sequence[str] | None) -> int:
         if estimate is not None:
             print(preflight.memory_line(sweep, estimate))
     else:
-        experiment = prepare_resume(args)
+        experiment = api.experiment_location(args.experiment)
     from tune_jobs import driver  # Ray is imported only once the configuration is known to be good
 
     if args.command == "run":

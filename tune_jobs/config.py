@@ -25,9 +25,9 @@ from pydantic import (
 from alignmixup.config import Strict, TrainConfig, error_line
 from alignmixup.console import ConfigError
 from alignmixup.presets import RECIPES
-from alignmixup.trainer import every_epoch_metrics
+from alignmixup.trainer import evaluation_columns, every_epoch_metrics
 from tune_jobs import storage
-from tune_jobs.schema import HP_PREFIX, HYPERPARAMETERS, config_id, layers_text, trial_seed
+from tune_jobs.schema import HP_PREFIX, HYPERPARAMETERS, config_id, layers_text, milestones, trial_seed
 
 NUMERIC = frozenset({"alpha", "eps", "lr", "weight_decay"})
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform")
@@ -43,9 +43,9 @@ LAYERS_TEXT = re.compile(r"^\d+(,\d+)*$")
 SCHEDULER_TAGS = frozenset({"asha", "fifo"})  # pydantic's union tags, not keys the user wrote
 
 
-def sweep_error(exc: ValidationError, prefix: str = "") -> str:
-    """A sweep's validation error as one line naming the key."""
-    return error_line(exc, prefix, skip=SCHEDULER_TAGS)
+def sweep_error(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """A sweep's validation error as one line naming the key (the nearest valid key for an unknown one)."""
+    return error_line(exc, prefix, skip=SCHEDULER_TAGS, model=model)
 
 
 def parse_layers(text: str) -> list[int]:
@@ -118,6 +118,10 @@ class SearchSpace(Strict):
         """The hyperparameters given, by name."""
         return {name: p for name in HYPERPARAMETERS if (p := getattr(self, name)) is not None}
 
+    def fixed(self) -> set[str]:
+        """The hyperparameters given one value (not searched)."""
+        return {name for name, p in self.params().items() if p.kind == "fixed"}
+
     @model_validator(mode="after")
     def _kinds(self) -> SearchSpace:
         for name, p in self.params().items():
@@ -157,6 +161,13 @@ class Fifo(_Scheduler):
     """Every trial runs max_t epochs; `metric`/`mode` only pick the best trial."""
 
     kind: Literal["fifo"]
+
+
+class Objective(Strict):
+    """One objective of a multi-objective sweep: a validation metric and whether higher or lower is better."""
+
+    metric: str
+    mode: Literal["max", "min"]
 
 
 class Scaling(Strict):
@@ -215,6 +226,9 @@ class SweepConfig(Strict):
     search: SearchSpace = Field(default_factory=SearchSpace)
     repeats: int = Field(1, ge=1, description="seeds each sampled configuration trains under")
     scheduler: Asha | Fifo = Field(discriminator="kind")
+    objectives: list[Objective] | None = Field(
+        None, min_length=2, description="multi-objective search (Optuna); the first is the one ASHA prunes on"
+    )
     search_alg: Literal["random", "optuna"] = "random"
     num_samples: int = Field(1, ge=1, description="configurations to sample (each trained `repeats` times)")
     max_concurrent_trials: int | None = Field(
@@ -243,7 +257,7 @@ class SweepConfig(Strict):
         try:
             cfg = TrainConfig.model_validate(base)
         except ValidationError as exc:
-            raise ValueError(sweep_error(exc, prefix="train")) from None
+            raise ValueError(sweep_error(exc, prefix="train", model=TrainConfig)) from None
         for name, p in params.items():
             for value in p.values:
                 _check_value(base, name, value)
@@ -258,14 +272,44 @@ class SweepConfig(Strict):
         if self.scheduler.metric not in reported:
             raise ValueError(f"scheduler.metric: not reported at every epoch (got {self.scheduler.metric!r}; "
                              f"choose from {', '.join(reported)})")
+        if self.objectives is not None:
+            self._check_objectives(cfg)
         return self
 
+    def _check_objectives(self, cfg: TrainConfig) -> None:
+        """Multi-objective sweeps: Optuna searches, ASHA (or FIFO) acts on the first objective, and every objective is
+        a validation metric reported whenever a trial can end (its last epoch, and ASHA's rungs)."""
+        if self.search_alg != "optuna":
+            raise ValueError(f"search_alg: objectives need optuna's multi-objective search (got {self.search_alg!r})")
+        primary = self.objectives[0]
+        if (primary.metric, primary.mode) != (self.scheduler.metric, self.scheduler.mode):
+            raise ValueError(f"scheduler.metric: the scheduler acts on the first objective ({primary.metric}, "
+                             f"{primary.mode}), got ({self.scheduler.metric}, {self.scheduler.mode})")
+        names = [o.metric for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives: repeated metric in {names}")
+        at_every_end = {m for m in [*every_epoch_metrics(cfg), *evaluation_columns(cfg)] if m.startswith("val_")}
+        for i, objective in enumerate(self.objectives):
+            if objective.metric not in at_every_end:
+                raise ValueError(f"objectives.{i}.metric: not a validation metric this sweep reports whenever a "
+                                 f"trial ends (got {objective.metric!r}; choose from {', '.join(sorted(at_every_end))};"
+                                 " evaluation metrics need train.evaluation.kinds)")
+
     def _base(self) -> dict[str, Any]:
-        """TrainConfig values before the search: recipe, then `train`, then what the sweep owns."""
+        """TrainConfig values before the search: recipe, then `train`, then what the sweep owns.
+
+        Under ASHA the validation evaluations (calibration, robustness) also run at every rung below max_t, so that a
+        trial stopped there still reports them (its objectives, its Pareto position).
+        """
         base = {**(RECIPES[self.recipe] if self.recipe else {}), **self.train}
         base.update(seed=self.seed, split_seed=self.seed, epochs=self.scheduler.max_t,
                     device="cuda" if self.scaling.use_gpu else "cpu")
         base.setdefault("threads", self.scaling.threads)
+        evaluation = dict(base.get("evaluation") or {})
+        if self.scheduler.kind == "asha" and evaluation.get("kinds"):
+            s = self.scheduler
+            rungs = [int(m) for m in milestones(s.grace_period, s.max_t, s.reduction_factor) if m < s.max_t]
+            base["evaluation"] = {**evaluation, "epochs": sorted({*evaluation.get("epochs", []), *rungs})}
         return base
 
     def trial_config(self, hyperparameters: dict[str, Any], seed: int | None = None) -> TrainConfig:
@@ -284,6 +328,13 @@ class SweepConfig(Strict):
     @property
     def mode(self) -> str:
         return self.scheduler.mode
+
+    @property
+    def search_metrics(self) -> tuple[str | list[str], str | list[str]]:
+        """(metric, mode) the search algorithm optimises: the scheduler's, or every objective's."""
+        if self.objectives is None:
+            return self.metric, self.mode
+        return [o.metric for o in self.objectives], [o.mode for o in self.objectives]
 
 
 def hyperparameter_values(cfg: TrainConfig) -> dict[str, Any]:
@@ -349,7 +400,7 @@ def validate(raw: dict[str, Any]) -> SweepConfig:
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(sweep_error(exc)) from None
+        raise ConfigError(sweep_error(exc, model=SweepConfig)) from None
 
 
 def experiment_path(storage_location: str, name: str) -> str:

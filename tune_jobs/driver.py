@@ -79,11 +79,19 @@ def trainable(sweep: SweepConfig, experiment: str) -> Any:
     return tune.with_resources(fn, {"CPU": sweep.scaling.trial_cpus})
 
 
-def param_space(sweep: SweepConfig) -> dict[str, Any]:
-    """The search space as Tune domains (fixed values stay plain); random search repeats it as a grid."""
+def search_space(sweep: SweepConfig) -> dict[str, Any]:
+    """The searched hyperparameters as Tune domains (fixed values stay plain)."""
     params: dict[str, Param] = sweep.search.params()
-    space = {name: DOMAINS[p.kind](p.values) for name, p in params.items()}
-    if sweep.search_alg == "random" and sweep.repeats > 1:
+    return {name: DOMAINS[p.kind](p.values) for name, p in params.items()}
+
+
+def param_space(sweep: SweepConfig) -> dict[str, Any]:
+    """Tune's param_space: random search samples it (its repeats as a grid with the sampled values held);
+    Optuna is given its space itself, so Tune only sees the fixed values."""
+    space = search_space(sweep)
+    if sweep.search_alg == "optuna":
+        return {name: value for name, value in space.items() if name in sweep.search.fixed()}
+    if sweep.repeats > 1:
         space[REPEAT_KEY] = tune.grid_search(list(range(sweep.repeats)))
     return space
 
@@ -121,7 +129,12 @@ def search_alg(sweep: SweepConfig, limit: int | None) -> Searcher | SearchAlgori
     if sweep.search_alg == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        return RepeatedSearch(OptunaSearch(seed=sweep.seed), repeats=sweep.repeats, max_concurrent=limit)
+        # given its space and metric(s) here (a list: multi-objective TPE), Optuna ignores Tune's single metric,
+        # which the scheduler uses: the first objective
+        metric, mode = sweep.search_metrics
+        sampled = {name: domain for name, domain in search_space(sweep).items() if name not in sweep.search.fixed()}
+        optuna = OptunaSearch(space=sampled, metric=metric, mode=mode, seed=sweep.seed)
+        return RepeatedSearch(optuna, repeats=sweep.repeats, max_concurrent=limit)
     # Tune ignores TuneConfig.max_concurrent_trials for a SearchGenerator such as this one: limit it here.
     return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=limit or 0, constant_grid_search=True)
 
@@ -182,7 +195,10 @@ def finish(sweep: SweepConfig, experiment: str, limit: int | None) -> Outcome:
 
 
 def connect(address: str | None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS, as under `ray job submit`), else start a local one."""
+    """Join the cluster at `address` (or RAY_ADDRESS, as under `ray job submit`), else start a local one; a
+    process already connected (a notebook running a second sweep) stays on its cluster."""
+    if ray.is_initialized():
+        return
     # Keep the dashboard on (the default): Train's placement-group cleaner needs the state API it serves.
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -24,15 +24,9 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from tune_jobs import storage
-from tune_jobs.schema import DECISION_COLUMNS, DECISIONS_TABLE, SCHEDULER_STATE
+from tune_jobs.schema import DECISION_COLUMNS, DECISIONS_TABLE, SCHEDULER_STATE, milestones
 
 STATE_VERSION = 1
-
-
-def milestones(grace_period: float, max_t: float, reduction_factor: float) -> list[float]:
-    """ASHA's rung milestones, descending, placed as Ray's one-bracket AsyncHyperBandScheduler places them."""
-    count = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
-    return [grace_period * reduction_factor**k for k in reversed(range(count))]
 
 
 class RecordedASHA(FIFOScheduler):

@@ -28,6 +28,7 @@ DECISIONS_TABLE = "decisions.parquet"
 SWEEP_FILE = "sweep.json"
 SCHEDULER_STATE = "scheduler_state.json"  # the early-stopping scheduler's rungs, kept across interruptions
 TRAIN_RUNS = "train_runs"  # <experiment>/train_runs/train-<trial_id>/checkpoint_*: each trial's Ray Train run
+BEST_WEIGHTS = "best_weights"  # <experiment>/best_weights/<trial_id>.pt: each trial's best-validation weights
 RESULT_FILE = "result.json"  # Ray Tune's per-trial log of reported rows (one JSON object per line)
 EXPERIMENT_STATE = "experiment_state-"  # Ray Tune's experiment state files: experiment_state-<time>.json
 HP_PREFIX = "hp_"  # a hyperparameter's column, in every report and in the trials table: hp_<name>
@@ -45,7 +46,13 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
 # what every report says about its trial (constant over its epochs): in the trials table, not the epochs table
 IDENTITY = ("config_id", "seed", "repeat", "dataset", "network", "width")
 # what the Ray Train worker adds to the trainer's metrics in each report
-WORKER_EXTRAS = ("train_samples_by_rank", "pid_by_rank", "reported_at")
+REPORTED_AT = "reported_at"  # when the worker reported the row (orders reports across trials)
+WORKER_EXTRAS = ("train_samples_by_rank", "pid_by_rank", REPORTED_AT)
+# population-based sweeps: the trial whose checkpoint the current segment started from and that checkpoint's epoch
+# (null while a trial continues its own checkpoints; set on the first epoch after an exploit)
+DONOR_COLUMNS = ("donor_trial_id", "donor_epoch")
+# the trainer's per-epoch Sinkhorn convergence (None/NaN in an epoch without an aligned batch)
+SINKHORN_COLUMNS = ("sinkhorn_iters", "sinkhorn_marginal_err")
 # Ray Tune's own keys in result.json that are not measurements (time_total_s is kept: the wall-time formula)
 TUNE_BOOKKEEPING = frozenset({
     "config", "date", "hostname", "node_ip", "pid", "timestamp", "done", "checkpoint_dir_name", "time_since_restore",
@@ -72,6 +79,11 @@ class TrialRecord:
 
 
 # ----------------------------------------------------------------------------------- formulas
+
+
+def best_weights_location(experiment: str, trial_id: str) -> str:
+    """Where a trial's best-validation weights are kept (written when they improve, not with every checkpoint)."""
+    return storage.join(experiment, BEST_WEIGHTS, f"{trial_id}.pt")
 
 
 def layers_text(layers: Sequence[int]) -> str:
@@ -110,6 +122,12 @@ def devices(scaling: Mapping[str, Any]) -> float:
     """Devices one trial occupies: its GPUs on a GPU run, its busy CPU threads (whole CPUs, >= 1 each) on a CPU run."""
     per_worker = scaling["gpus_per_worker"] if scaling["use_gpu"] else max(1, int(scaling["cpus_per_worker"]))
     return scaling["num_workers"] * per_worker
+
+
+def milestones(grace_period: float, max_t: float, reduction_factor: float) -> list[float]:
+    """ASHA's rung milestones, descending, placed as Ray's one-bracket AsyncHyperBandScheduler places them."""
+    count = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
+    return [grace_period * reduction_factor**k for k in reversed(range(count))]
 
 
 def stopped_early(status: str, epochs: int, scheduler: Mapping[str, Any]) -> bool:
@@ -180,12 +198,15 @@ def _hyperparameters(record: TrialRecord) -> dict[str, Any]:
             for k, v in record.config.items() if k in HYPERPARAMETERS}
 
 
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
 def trial_row(record: TrialRecord, sweep: Mapping[str, Any]) -> dict[str, Any]:
     """The trials-table row of one trial, from its reported rows and the sweep (sweep.json's mapping)."""
     rows, scheduler, scaling = record.rows, sweep["scheduler"], sweep["scaling"]
     last = rows[-1] if rows else {}
     epochs = max((int(row["epoch"]) for row in rows), default=0)
-    accs = [row["val_acc"] for row in rows if row.get("val_acc") is not None]
     test = last.get("best_val_test_acc")
     seconds = wall_time(rows)
     return {
@@ -197,8 +218,9 @@ def trial_row(record: TrialRecord, sweep: Mapping[str, Any]) -> dict[str, Any]:
         **_hyperparameters(record),
         "epochs": epochs,
         "stopped_early": stopped_early(record.status, epochs, scheduler),
-        "best_val_acc": max(accs, default=math.nan),
-        "last_val_acc": accs[-1] if accs else math.nan,
+        # the trainer's running best (carried by its checkpoints): the lineage's, also after a PBT exploit or a resume
+        "best_val_acc": _number(last.get("best_val_acc")),
+        "last_val_acc": _number(last.get("val_acc")),
         "test_acc": math.nan if test is None else float(test),
         "wall_time_s": seconds,
         "device_hours": seconds / 3600 * devices(scaling),
