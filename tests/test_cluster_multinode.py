@@ -55,14 +55,14 @@ def record_epochs() -> None:
 
     train_epoch = Trainer.train_epoch
 
-    def recording(self: Trainer) -> Any:
+    def recording(self: Trainer, *args: Any, **kwargs: Any) -> Any:
         node = ray.get_runtime_context().get_node_id()
         record = {"rank": self.rank, "world": self.world_size, "node": node, "pid": os.getpid(),
                   "epoch": self.epoch, "time": time.time(), "indices": self.train_indices(self.epoch)}
         path = Path(os.environ[RECORDS_ENV]) / f"r{self.rank}-e{self.epoch}-p{os.getpid()}.pt"
         torch.save(record, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)  # readers never see a half-written record
-        return train_epoch(self)
+        return train_epoch(self, *args, **kwargs)
 
     Trainer.train_epoch = recording  # type: ignore[method-assign]
 
