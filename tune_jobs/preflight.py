@@ -66,7 +66,7 @@ def check_storage(sweep: SweepConfig, cluster: ClusterView | None = None, probe_
     A local path is refused for multi-node trials, and on a cluster whose trials can run away from the driver's
     node (more than one node, an autoscaling one, or a driver node that cannot run a worker), unless the sweep
     declares it a mount every node sees (shared_storage). A local path must be writable here; a URI is probed
-    (credentials, bucket: a PUT and a DELETE) when probe_uri, as a dry run does.
+    (credentials, bucket: a PUT and a DELETE) when probe_uri, as `run` does before it starts anything.
     """
     location = sweep.storage
     if storage.is_uri(location):
