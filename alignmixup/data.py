@@ -240,12 +240,16 @@ def _save_cache(path: Path, arrays: Arrays) -> None:
     os.replace(tmp, path)
 
 
+# CIFAR's python batches: (folder under data_dir, training files, test files, label key, torchvision class)
+CIFAR_FILES: dict[str, tuple[str, list[str], list[str], str, str]] = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", "CIFAR10"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", "CIFAR100"),
+}
+
 READERS: dict[str, Callable[[Path | None], Arrays]] = {
     "digits": _load_digits,
-    "cifar10": _cifar_reader(
-        "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", "CIFAR10"
-    ),
-    "cifar100": _cifar_reader("cifar-100-python", ["train"], ["test"], "fine_labels", "CIFAR100"),
+    "cifar10": _cifar_reader(*CIFAR_FILES["cifar10"]),
+    "cifar100": _cifar_reader(*CIFAR_FILES["cifar100"]),
     "tinyimagenet": _load_tinyimagenet,
 }
 
@@ -274,6 +278,35 @@ def prepare_data(cfg: TrainConfig) -> None:
         _imagenet_folders(cfg.data_dir)
     else:
         READERS[cfg.dataset](cfg.data_dir)
+
+
+def check_layout(cfg: TrainConfig) -> None:
+    """Raise DataError unless cfg.data_dir holds cfg.dataset laid out as its reader expects; reads and downloads
+    nothing (a dry run's check: a real run's reader downloads CIFAR and Tiny-ImageNet where they are absent)."""
+    if cfg.dataset == "digits":
+        return
+    root, layout = cfg.data_dir, SPECS[cfg.dataset].layout
+    assert root is not None
+    if not root.is_dir():
+        raise DataError(f"data_dir {root}: no such directory (expected {layout})")
+    if cfg.dataset == "imagenet":
+        _imagenet_folders(root)
+    elif cfg.dataset == "tinyimagenet":
+        tiny = _tiny_root(root)
+        if (tiny / TINY_CACHE).is_file():
+            return
+        if not (tiny / "wnids.txt").is_file():
+            raise DataError(f"data_dir {root}: missing wnids.txt ({layout})")
+        for w in (tiny / "wnids.txt").read_text().split():
+            if next((tiny / "train" / w / "images").glob("*.JPEG"), None) is None:
+                raise DataError(f"data_dir {root}: no images in train/{w}/images/ ({layout})")
+        if not (tiny / "val" / "val_annotations.txt").is_file() or not (tiny / "val" / "images").is_dir():
+            raise DataError(f"data_dir {root}: missing val/images/ or val/val_annotations.txt ({layout})")
+    else:
+        folder, train, test, *_ = CIFAR_FILES[cfg.dataset]
+        missing = [name for name in (*train, *test) if not (root / folder / name).is_file()]
+        if missing:
+            raise DataError(f"data_dir {root}: missing {folder}/{missing[0]} ({layout})")
 
 
 def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """Shared workloads: a synthetic CIFAR-10 directory, Trainers built on it, and one training step.
 
-The directory is written once per size in the real on-disk format (tests/data_writers.write_cifar), so the
+The directory is written once per size in the real on-disk format (tests/helpers/data_writers.write_cifar), so the
 benchmarks go through the trainer's own reader, device-resident pipeline, model, mixer and optimiser.
 """
 
@@ -35,7 +35,8 @@ def make_trainer(
     """A PreActResNet-18 Trainer on the synthetic CIFAR-10 directory (same seed, so the same initial weights)."""
     cfg = TrainConfig(
         dataset="cifar10", data_dir=data_dir, network="preactresnet18", width=width, batch_size=batch_size,
-        epochs=epochs, method=method, mix_layers=mix_layers, compile=compile_model, eval_test="never",
+        epochs=epochs, method=method, mix_layers=mix_layers, compile=compile_model,
+        eval_test="never" if val_fraction > 0 else "every",  # without a validation split the test split selects
         val_fraction=val_fraction, device=device.type, threads=threads,
     )
     return Trainer(cfg, device=device)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from alignmixup.data import CIFAR_MEAN, CIFAR_STD, SPECS, DevicePipeline
+from alignmixup.data import CIFAR_MEAN, CIFAR_STD, SPECS, DevicePipeline, Normalization
 from benchmarks._machine import add_common_args, interleaved, paired_ratio, print_table, save, setup, stats, sync
 
 
@@ -66,7 +66,7 @@ def device_pass(pipe: DevicePipeline, batch: int, device: torch.device) -> Calla
 
     def run() -> None:
         order = torch.randperm(len(pipe), device=device, generator=pipe.gen)
-        for _ in pipe.batches(order, batch, train=True):
+        for _ in pipe.batches(order, batch, train=True, drop_last=True):
             pass
         sync(device)
 
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (args.images, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, args.images)
-    pipe = DevicePipeline(x, y, SPECS["cifar10"], torch.tensor(CIFAR_MEAN), torch.tensor(CIFAR_STD), device, seed=0)
+    pipe = DevicePipeline(x, y, SPECS["cifar10"], Normalization(CIFAR_MEAN, CIFAR_STD), device)
+    pipe.reseed(0)
     fns = {"release_dataloader": loader_pass(release_loader(x, y, args.batch, args.workers, device), device),
            "device_pipeline": device_pass(pipe, args.batch, device)}
     times = interleaved(fns, device, args.rounds, warmup=1)

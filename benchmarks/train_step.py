@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         method, mix_layers = METHODS[name]
         tr = make_trainer(data, method, device, width=args.width, batch_size=args.batch, mix_layers=mix_layers,
                           compile_model=args.compile)
-        tr.net.train()
+        tr.model.train()
         layers[name] = []
         fns[name] = stepper(tr, fixed_batches(tr, 4), args.steps, layers[name])
     times = interleaved(fns, device, args.rounds, warmup=args.warmup)

@@ -23,6 +23,10 @@ from typing import Any, TextIO
 
 import yaml
 
+from alignmixup.console import ConfigError, Parser, add_version, run_command
+
+PROG = "alignmixup-cluster"
+EXIT_FAILED = 1  # the job FAILED, or the cluster could not be reached
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 RUNTIME_ENV_FILE = Path(__file__).with_name("runtime_env.yaml")
 RUNTIME_ENV_ARG = "cluster/runtime_env.yaml"  # the same file, as named from the repository root
@@ -30,8 +34,8 @@ SWEEP_COMMAND = ("python", "-m", "tune_jobs", "run")
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
 
-class ClusterError(Exception):
-    """A submission problem, reported as one line."""
+class ClusterError(ConfigError):
+    """Bad input to a submission (a target, a token setting): one line, exit code 2."""
 
 
 def resolve_address(flag: str | None) -> str:
@@ -104,23 +108,46 @@ def sweep_args(
     name: str | None = None,
     num_samples: int | None = None,
     working_dir: Path = Path(),
+    dry_run: bool = False,
 ) -> list[str]:
-    """The entrypoint's argv: a preset name, or a config file inside the working dir (made relative to it)."""
+    """The entrypoint's argv: a preset name, or a config file inside the working dir (made relative to it);
+    dry_run: the sweep's own dry run on the cluster (its resources, storage and data directories; trains nothing)."""
     path = Path(target)
     if path.is_file():
         try:
             target = path.resolve().relative_to(working_dir.resolve()).as_posix()
         except ValueError:
             raise ClusterError(
-                f"{target}: a config file must lie inside the working dir {working_dir}"
+                f"target: {target} is outside the working dir {working_dir} (a config file must lie inside it)"
             ) from None
     elif target not in (presets := known_presets()):
-        raise ClusterError(f"{target}: neither a config file nor a preset (presets: {', '.join(presets)})")
+        raise ClusterError(f"target: {target} is neither a config file nor a preset (presets: {', '.join(presets)})")
     args = [*SWEEP_COMMAND, target]
     for flag, value in (("--storage", storage), ("--name", name), ("--num-samples", num_samples)):
         if value is not None:
             args += [flag, str(value)]
-    return args
+    return [*args, "--dry-run"] if dry_run else args
+
+
+def check_sweep(
+    target: str, storage: str | None = None, name: str | None = None, num_samples: int | None = None
+) -> list[str]:
+    """Validate the sweep here, before anything is uploaded (ConfigError naming the key); returns what was checked.
+
+    What depends on the cluster (its resources, the storage seen from its nodes, the data directories on them) is
+    checked by the job itself, on the cluster, before any trial starts (`alignmixup-tune run`).
+    """
+    from tune_jobs import api, preflight
+
+    overrides = {"storage": storage, "name": name, "num_samples": num_samples}  # as the job's command line sets them
+    sweep = api.load_sweep(target, {k: v for k, v in overrides.items() if v is not None})
+    if sweep.storage.startswith("file://"):
+        raise ConfigError(f"storage: give a local directory as a plain path (got {sweep.storage})")
+    checked = [f"{target}: a valid sweep"]
+    estimate = preflight.check_packing(sweep)
+    if estimate is not None:
+        checked.append(preflight.memory_line(sweep, estimate))
+    return checked
 
 
 def ray_job_submit_line(args: Sequence[str], address: str = DEFAULT_ADDRESS) -> str:
@@ -175,76 +202,88 @@ def follow(client: Any, job_id: str, out: TextIO | None = None) -> str:
     return wait(client, job_id)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alignmixup-cluster", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--address", help=f"job server (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, {DEFAULT_ADDRESS})"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("submit", help="submit a sweep (preset name or config file) and follow its logs")
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = Parser(prog=PROG, description=__doc__)
+    add_version(p)
+    p.add_argument("--address", help=f"job server (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, {DEFAULT_ADDRESS})")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    run = sub.add_parser("submit", help="check a sweep (preset name or config file) here, submit it, follow its logs")
     run.add_argument("target", help="preset name, or a sweep config file inside the working dir")
     run.add_argument(
-        "--storage",
-        default=os.environ.get("ALIGNMIXUP_STORAGE"),
-        help="s3:// or gs:// URI, or a path every node sees (default: $ALIGNMIXUP_STORAGE)",
+        "--storage", default=os.environ.get("ALIGNMIXUP_STORAGE"),
+        help="s3:// or gs:// URI, or a path every node sees (default: $ALIGNMIXUP_STORAGE here, else the sweep's, "
+             "else $ALIGNMIXUP_STORAGE on the cluster)",
     )
     run.add_argument("--name", help="experiment name")
     run.add_argument("--num-samples", type=int, help="override the sweep's number of trials")
-    run.add_argument("--working-dir", type=Path, default=Path(), help="directory uploaded with the job (.)")
+    run.add_argument("--working-dir", type=Path, default=Path(), help="directory uploaded with the job")
     run.add_argument("--submission-id", help="job id to use (default: Ray makes one)")
     run.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    run.add_argument("--dry-run", action="store_true", help="print the equivalent `ray job submit` line only")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the sweep here and print the equivalent `ray job submit` line; submit nothing")
     for command, text in (("status", "show a job's status"), ("stop", "stop a job and wait until it ends")):
         sub.add_parser(command, help=text).add_argument("job_id")
     logs = sub.add_parser("logs", help="print a job's logs")
     logs.add_argument("job_id")
     logs.add_argument("--follow", "-f", action="store_true", help="keep streaming until the job ends")
     sub.add_parser("list", help="list the cluster's jobs")
-    return parser
+    return p
 
 
-def _run(ns: argparse.Namespace) -> int:
-    if ns.command == "submit":
-        args = sweep_args(ns.target, ns.storage, ns.name, ns.num_samples, ns.working_dir)
-        if ns.dry_run:
-            print(ray_job_submit_line(args, resolve_address(ns.address)))
-            return 0
-        client = connect(ns.address)
-        job_id = submit(client, args, ns.working_dir, ns.submission_id)
-        print(f"submitted {job_id}", flush=True)
-        if ns.no_wait:
-            return 0
-        status = follow(client, job_id)
-        print(f"job {job_id}: {status}")
-        return 0 if status == "SUCCEEDED" else 1
+def _submit(ns: argparse.Namespace) -> int:
+    args = sweep_args(ns.target, ns.storage, ns.name, ns.num_samples, ns.working_dir)
+    checked = check_sweep(ns.target, ns.storage, ns.name, ns.num_samples)  # before anything leaves this machine
+    if ns.dry_run:
+        for line in checked:
+            print(f"checked here: {line}", file=sys.stderr)
+        on_cluster = sweep_args(ns.target, ns.storage, ns.name, ns.num_samples, ns.working_dir, dry_run=True)
+        print("checked by the job before any trial starts: the cluster's resources, the storage seen from its "
+              f"nodes, their data directories; alone, with nothing trained:\n  "
+              f"{ray_job_submit_line(on_cluster, resolve_address(ns.address))}", file=sys.stderr)
+        print(ray_job_submit_line(args, resolve_address(ns.address)))
+        return 0
     client = connect(ns.address)
-    if ns.command == "list":
-        for job in sorted(client.list_jobs(), key=lambda j: j.start_time or 0):
-            print(f"{job.submission_id}\t{job.status}\t{job.entrypoint}")
-    elif ns.command == "status":
-        info = client.get_job_info(ns.job_id)
-        print(f"{ns.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
-    elif ns.command == "logs":
-        if ns.follow:
-            follow(client, ns.job_id)
-        else:
-            print(client.get_job_logs(ns.job_id), end="")
-    else:  # stop
-        client.stop_job(ns.job_id)
-        status = wait(client, ns.job_id)
-        print(f"{ns.job_id}: {status}")
-        return 0 if status in TERMINAL else 1
-    return 0
+    job_id = submit(client, args, ns.working_dir, ns.submission_id)
+    print(f"submitted {job_id}", flush=True)
+    if ns.no_wait:
+        return 0
+    status = follow(client, job_id)
+    print(f"job {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else EXIT_FAILED
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    ns = parser().parse_args(argv)
+    try:
+        if ns.command == "submit":
+            return _submit(ns)
+        client = connect(ns.address)
+        if ns.command == "list":
+            for job in sorted(client.list_jobs(), key=lambda j: j.start_time or 0):
+                print(f"{job.submission_id}\t{job.status}\t{job.entrypoint}")
+        elif ns.command == "status":
+            info = client.get_job_info(ns.job_id)
+            print(f"{ns.job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
+        elif ns.command == "logs":
+            if ns.follow:
+                follow(client, ns.job_id)
+            else:
+                print(client.get_job_logs(ns.job_id), end="")
+        else:  # stop
+            client.stop_job(ns.job_id)
+            status = wait(client, ns.job_id)
+            print(f"{ns.job_id}: {status}")
+            return 0 if status in TERMINAL else EXIT_FAILED
+        return 0
+    except (RuntimeError, OSError) as exc:  # the cluster: unreachable, refused, or the job is unknown
+        print(f"{PROG}: error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; errors print one line and return 1."""
-    ns = _parser().parse_args(argv)
-    try:
-        return _run(ns)
-    except (ClusterError, RuntimeError, OSError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
-        return 1
+    """CLI entry point: bad input exits 2 with one line, a failed job or an unreachable cluster 1."""
+    return run_command(PROG, _run, argv)
 
 
 if __name__ == "__main__":

@@ -31,3 +31,20 @@ def test_bf16_channels_last_epoch_on_cuda():
     history = tr.fit()
     assert history[-1].val_acc > 50 and all(p.is_contiguous(memory_format=torch.channels_last)
                                             for p in tr.model.parameters() if p.dim() == 4)
+
+
+def test_memory_estimate_bounds_a_measured_epoch(tmp_path):
+    """The packing estimate (alignmixup.memory) against EpochMetrics.gpu_mem_peak_gb, aligning at stage 2 every batch.
+
+    The estimate is an upper bound by construction; a measured peak far below it would waste GPUs in packing
+    (benchmarks/memory_check.py reports the ratios for the presets' own trials)."""
+    from helpers.data_writers import write_cifar
+
+    from alignmixup.memory import estimate_peak_gb
+
+    write_cifar(tmp_path, classes=10, per_batch=128, test=64)
+    cfg = TrainConfig(dataset="cifar10", data_dir=tmp_path, width=0.5, epochs=1, batch_size=128, mix_layers=[2],
+                      eval_test="never", device="cuda")
+    estimate = estimate_peak_gb(cfg, world_size=1)
+    measured = Trainer(cfg).train_epoch().gpu_mem_peak_gb
+    assert 0.5 * estimate.allocated_gb <= measured <= estimate.peak_gb, (measured, estimate.parts())

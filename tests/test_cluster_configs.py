@@ -16,7 +16,9 @@ import yaml
 from ray._private.thirdparty.pathspec import PathSpec
 
 from cluster import submit
-from tune_jobs.config import Scaling, SweepConfig, check_storage, load_raw, preset_names, validate
+from tune_jobs.config import Scaling, SweepConfig, validate
+from tune_jobs.preflight import check_storage
+from tune_jobs.presets import load_raw, preset_names
 
 CLUSTER = Path(submit.__file__).parent
 REPO = CLUSTER.parent
@@ -49,11 +51,12 @@ def storage_env(options: list[str]) -> str:
     return value
 
 
-def sweep_entrypoint(entrypoint: str) -> tuple[str, str]:
-    """(preset, storage) of a `python -m tune_jobs run PRESET --storage URI` entrypoint."""
+def sweep_entrypoint(entrypoint: str) -> tuple[str, str | None, bool]:
+    """(preset, storage or None, dry run) of a `python -m tune_jobs run PRESET [--storage URI] [--dry-run]`."""
     args = shlex.split(entrypoint)
     assert args[:4] == list(submit.SWEEP_COMMAND), entrypoint
-    return args[4], args[args.index("--storage") + 1]
+    storage = args[args.index("--storage") + 1] if "--storage" in args else None
+    return args[4], storage, args[-1] == "--dry-run"
 
 
 def gpu_presets() -> dict[str, SweepConfig]:
@@ -175,8 +178,8 @@ def test_kuberay_raycluster() -> None:
 def test_kuberay_rayjob_runs_a_preset_on_the_raycluster() -> None:
     job, cluster = kuberay("RayJob"), kuberay("RayCluster")
     assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
-    preset, storage = sweep_entrypoint(job["spec"]["entrypoint"])
-    assert preset in preset_names()
+    preset, storage, dry_run = sweep_entrypoint(job["spec"]["entrypoint"])
+    assert preset in preset_names() and storage is not None and not dry_run
     assert re.match(r"^(s3|gs)://.+", storage)
     sweep = validate({**load_raw(preset)[0], "storage": storage})
     check_storage(sweep)  # a URI: accepted without touching it
@@ -201,8 +204,9 @@ def test_readme_has_the_ray_job_submit_line_of_every_preset() -> None:
     documented = {}
     for line in lines:
         if " -- " in line:
-            preset, storage = sweep_entrypoint(line.split(" -- ", 1)[1])
-            documented[preset] = line
-            assert line == submit.ray_job_submit_line(submit.sweep_args(preset, storage))
+            preset, storage, dry_run = sweep_entrypoint(line.split(" -- ", 1)[1])
+            assert line == submit.ray_job_submit_line(submit.sweep_args(preset, storage, dry_run=dry_run))
+            if not dry_run:
+                documented[preset] = line
     assert set(documented) == set(preset_names())
     assert all(re.search(r"--storage (s3|gs)://", line) for line in documented.values())

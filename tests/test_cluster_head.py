@@ -1,10 +1,14 @@
-"""The session's Ray head (`ray start --head`, token auth on): the documented `ray job submit` line, and
-alignmixup-cluster's list/status/logs/submit/stop against it."""
+"""The session's Ray head (`ray start --head`, token auth on): the documented `ray job submit` line,
+alignmixup-cluster's list/status/logs/submit/stop against it, and dry runs that check a sweep against it (a CPU-only
+head: a GPU preset is refused; the data directory is checked on its node)."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -61,3 +65,33 @@ def test_helper_submits_without_waiting_then_stops_a_sweep(head: Head, capsys: p
     code, out = helper(head, capsys, "logs", "--follow", "to-stop")  # returns: the job has ended
     assert code == 0 and "Connected to Ray cluster" in out
     assert not (storage / "stopped" / "trials.parquet").exists()
+
+
+def dry_run(head: Head, *args: str) -> tuple[int, str, float]:
+    """`python -m tune_jobs run ARGS --dry-run --address <head>` from the repository root: (code, the last line of
+    stderr, seconds)."""
+    env = {**head.env, "PYTHONPATH": os.pathsep.join([str(REPO), head.env.get("PYTHONPATH", "")])}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "tune_jobs", "run", *args, "--dry-run", "--address", head.gcs],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return done.returncode, (done.stderr.strip().splitlines() or [""])[-1], time.monotonic() - start
+
+
+def test_dry_run_of_a_gpu_preset_against_a_cpu_only_head(head: Head) -> None:
+    code, err, seconds = dry_run(head, "cifar10-preactresnet18", "--storage", str(head.root / "dry-results"))
+    port = head.gcs.rpartition(":")[2]
+    assert code == 2 and err.startswith("alignmixup-tune: error: scaling.use_gpu: the cluster at "), err
+    assert f":{port} (1 node: CPU 2) has no GPU" in err and seconds < 90
+
+
+def test_dry_run_checks_the_data_directory_on_the_nodes(head: Head) -> None:
+    """A zero-CPU task on the node finds no CIFAR-10 where the sweep says (and downloads nothing)."""
+    missing = head.root / "no-cifar"
+    sweep = head.root / "cifar.yaml"
+    sweep.write_text(json.dumps({
+        "train": {"dataset": "cifar10", "data_dir": str(missing), "width": 0.25, "batch_size": 32},
+        "scheduler": {"kind": "fifo", "max_t": 1}, "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+    }))
+    code, err, seconds = dry_run(head, str(sweep), "--storage", str(head.root / "dry-results"))
+    assert code == 2 and err.startswith(f"alignmixup-tune: error: train.data_dir {missing}: no such directory"), err
+    assert " on node " in err and seconds < 90 and not missing.exists()

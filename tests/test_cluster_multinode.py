@@ -1,5 +1,6 @@
 """Multi-node DDP on simulated nodes (ray.cluster_utils.Cluster): a trial of tune_jobs with its two gloo
-workers spread over two nodes trains disjoint shards, and survives losing one worker's node mid-trial.
+workers spread over two nodes trains disjoint shards, and survives losing one worker's node mid-trial; before it
+starts, the preflight refuses the sweep's local storage path on this multi-node cluster until it is declared shared.
 
 The scenario runs once, in a fresh interpreter (this file as a script), so its Ray cluster cannot meet any
 Ray state of the test process: a head without CPUs and three 1-CPU nodes; the sweep's single trial puts its
@@ -54,14 +55,14 @@ def record_epochs() -> None:
 
     train_epoch = Trainer.train_epoch
 
-    def recording(self: Trainer) -> Any:
+    def recording(self: Trainer, *args: Any, **kwargs: Any) -> Any:
         node = ray.get_runtime_context().get_node_id()
         record = {"rank": self.rank, "world": self.world_size, "node": node, "pid": os.getpid(),
                   "epoch": self.epoch, "time": time.time(), "indices": self.train_indices(self.epoch)}
         path = Path(os.environ[RECORDS_ENV]) / f"r{self.rank}-e{self.epoch}-p{os.getpid()}.pt"
         torch.save(record, path.with_suffix(".tmp"))
         os.replace(path.with_suffix(".tmp"), path)  # readers never see a half-written record
-        return train_epoch(self)
+        return train_epoch(self, *args, **kwargs)
 
     Trainer.train_epoch = recording  # type: ignore[method-assign]
 
@@ -97,7 +98,8 @@ def scenario(out: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from tune_jobs import driver
+    from alignmixup.console import ConfigError
+    from tune_jobs import driver, preflight
     from tune_jobs.config import validate
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_port": free_port()})
@@ -111,6 +113,15 @@ def scenario(out: Path) -> None:
         killer = threading.Thread(target=remove_a_worker_node, args=(cluster, records, out), daemon=True)
         killer.start()
         sweep = validate({**SWEEP, "storage": str(out / "runs")})
+        # driver.run's preflight: a local storage path on a multi-node cluster is refused unless declared shared
+        try:
+            preflight.check_joined_cluster(sweep)
+        except ConfigError as exc:
+            (out / "refused").write_text(str(exc))
+        sweep = sweep.model_copy(update={"shared_storage": True})  # all nodes on one machine: the path is shared
+        preflight.check_joined_cluster(sweep)
+        checked = preflight.check_data_on_nodes(sweep, preflight.describe_cluster())  # a dry run's, one task a node
+        (out / "data_checked").write_text("\n".join(n.node_id for n in checked))
         experiment = str(out / "runs" / sweep.name)
         # driver.run minus its ray.init: this process is connected already, with the recording hook
         driver.make_tuner(sweep, experiment, None).fit()
@@ -144,6 +155,13 @@ def attempts(records: list[dict[str, Any]]) -> dict[tuple[int, int], dict[int, d
             pids[r["rank"]].append(r["pid"])
         out[(pids[r["rank"]].index(r["pid"]), r["epoch"])][r["rank"]] = r
     return out
+
+
+def test_preflight_refuses_a_local_storage_path_unless_shared(run: Path) -> None:
+    refused = (run / "refused").read_text()
+    assert refused.startswith("storage: the cluster at ") and "has 4 nodes" in refused, refused
+    assert "shared_storage: true" in refused
+    assert len((run / "data_checked").read_text().split()) == 3  # the three nodes with CPUs, not the head
 
 
 def test_two_workers_on_two_nodes_train_disjoint_shards(run: Path) -> None:

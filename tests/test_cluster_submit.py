@@ -62,7 +62,7 @@ def test_sweep_args_for_presets_and_config_files(tmp_path: Path) -> None:
     ]
     config = write(tmp_path / "sweeps" / "mine.yaml", "{}")
     assert submit.sweep_args(str(config), working_dir=tmp_path)[-1] == "sweeps/mine.yaml"
-    with pytest.raises(submit.ClusterError, match="inside the working dir"):
+    with pytest.raises(submit.ClusterError, match="outside the working dir"):
         submit.sweep_args(str(config), working_dir=tmp_path / "sweeps" / "elsewhere")
     with pytest.raises(submit.ClusterError, match="neither a config file nor a preset"):
         submit.sweep_args("no-such-preset")
@@ -70,17 +70,57 @@ def test_sweep_args_for_presets_and_config_files(tmp_path: Path) -> None:
 
 def test_dry_run_prints_the_ray_job_submit_line(capsys: pytest.CaptureFixture[str]) -> None:
     address = ["--address", "http://127.0.0.1:9999"]
-    assert submit.main([*address, "submit", "imagenet-resnet50", "--storage", "gs://b/s", "--dry-run"]) == 0
+    assert submit.main([*address, "submit", "quickstart", "--storage", "gs://b/s", "--dry-run"]) == 0
     assert capsys.readouterr().out.strip() == (
         "RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:9999 --working-dir . "
-        "--runtime-env cluster/runtime_env.yaml -- python -m tune_jobs run imagenet-resnet50 --storage gs://b/s"
+        "--runtime-env cluster/runtime_env.yaml -- python -m tune_jobs run quickstart --storage gs://b/s"
     )
 
 
 def test_unreachable_cluster_is_one_line_and_exit_1(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert submit.main(["--address", "http://127.0.0.1:9", "list"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
+    assert err.startswith("alignmixup-cluster: error: ") and err.count("\n") == 1
+
+
+def test_command_line_conventions(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--version, one line and exit 2 on bad input, no prefix matching, defaults in --help (alignmixup.console)."""
+    from alignmixup import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        submit.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"alignmixup-cluster {__version__}"
+    for argv in (["launch"], ["submit", "quickstart", "--dry"], ["submit", "quickstart", "--num-samples", "x"],
+                 ["--addr", "http://x", "list"], ["submit", "no-such-preset", "--dry-run"]):
+        assert submit.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("alignmixup-cluster: error: ") and err.count("\n") == 1, (argv, err)
+    with pytest.raises(SystemExit):
+        submit.main(["submit", "--help"])
+    assert "(default: .)" in capsys.readouterr().out  # --working-dir
+
+
+def test_a_bad_sweep_is_refused_here_and_nothing_is_uploaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_cluster(*_: object) -> None:
+        raise AssertionError("the cluster was contacted")
+
+    monkeypatch.setattr(submit, "connect", no_cluster)
+    monkeypatch.chdir(tmp_path)
+    bad = write(tmp_path / "bad.yaml", "recipe: cifar10-preactresnet18\nscheduler: {kind: asha, max_t: 10}\n"
+                                       "train: {data_dir: /data/cifar10, val_fraction: 0.1}\n"
+                                       "search: {mix_layers: {choice: ['0,7']}}\n")
+    for extra in ([], ["--dry-run"]):
+        assert submit.main(["submit", str(bad), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("alignmixup-cluster: error: search.mix_layers: ") and err.count("\n") == 1, err
+    # packed too tightly for the GPU it names: refused here too, naming the field
+    tight = write(tmp_path / "tight.yaml", (Path(__file__).parents[1] / "tune_jobs" / "presets" /
+                                           "tinyimagenet-preactresnet18.yaml").read_text()
+                  .replace("gpus_per_worker: 0.5", "gpus_per_worker: 0.25"))
+    assert submit.main(["submit", str(tight), "--dry-run"]) == 2
+    assert "scaling.gpus_per_worker: 0.25 of a 24 GB GPU is 6.0 GB" in capsys.readouterr().err
 
 
 def test_stage_data_copies_once(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def prepare(sweep: SweepConfig, *, storage_location: str | None = None, name: st
         updates["storage"] = os.environ[STORAGE_ENV]
     updates["name"] = name or sweep.name or f"{default_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep = config.validate({**sweep.model_dump(mode="json", exclude_unset=True), **updates})
-    preflight.check_storage(sweep)
+    preflight.check_storage(sweep, probe_uri=True)  # a URI too: reachable, credentials, bucket (one PUT and DELETE)
     check_trackers(sweep)
     sweep = sweep.model_copy(update={"storage": storage.absolute(sweep.storage)})  # resume finds it from anywhere
     experiment = config.experiment_path(sweep.storage, sweep.name or "")
@@ -87,6 +87,7 @@ def run(sweep: SweepConfig | str | Path | Mapping[str, Any], *, storage_location
     stem = Path(str(sweep)).stem if isinstance(sweep, str | Path) else "sweep"
     prepared, experiment = prepare(load_sweep(sweep), storage_location=storage_location, name=name,
                                    default_name=stem)
+    preflight.check_local(prepared)  # modules, GPU packing (the cluster's checks follow its ray.init)
     from tune_jobs import driver  # Ray is imported only once the configuration is known to be good
 
     return driver.run(prepared, experiment, address)

@@ -2,6 +2,7 @@
 
     alignmixup-tune run quickstart                      # a shipped preset, on a local Ray cluster
     alignmixup-tune run my_sweep.yaml --storage s3://bucket/sweeps --address auto
+    alignmixup-tune run cifar10-preactresnet18 --dry-run    # check everything it needs, start nothing
     alignmixup-tune resume runs/tune/quickstart-20261124-181500
     alignmixup-tune presets [NAME]
 
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from alignmixup.console import ConfigError, Parser, add_version, run_command
-from tune_jobs import api, config, presets, storage
+from tune_jobs import api, config, preflight, presets, storage
 from tune_jobs.schema import HP_PREFIX
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ def parser() -> argparse.ArgumentParser:
                    help="override a key of the sweep file, validated like the file: --set train.width=0.5 "
                    "--set search.alpha='{loguniform: [0.5, 4]}' (repeatable)")
     r.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
+    r.add_argument("--dry-run", action="store_true", help="check the sweep, its storage, GPU memory, the cluster's "
+                   "resources and the data directory (here, or on the cluster's nodes with an address); run nothing")
     s = sub.add_parser("resume", help="finish an interrupted sweep")
     s.add_argument("experiment", metavar="EXPERIMENT_DIR")
     s.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
@@ -134,6 +137,13 @@ def run(argv: Sequence[str] | None) -> int:
         return 0
     if args.command == "run":
         sweep, experiment = prepare_run(args)
+        if args.dry_run:
+            print(f"{PROG} run --dry-run: nothing started\n  " + "\n  ".join(
+                preflight.dry_run(sweep, experiment, args.address)))
+            return 0
+        estimate = preflight.check_local(sweep)
+        if estimate is not None:
+            print(preflight.memory_line(sweep, estimate))
     else:
         experiment = api.experiment_location(args.experiment)
     from tune_jobs import driver  # Ray is imported only once the configuration is known to be good

@@ -181,6 +181,10 @@ class Scaling(Strict):
     trial_cpus: float = Field(0.01, gt=0, description="the trial's driver (it only launches and watches)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     multi_node: bool = Field(False, description="a trial's workers span nodes: storage must be a shared URI")
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, description="memory (GB, 1e9 bytes) of the GPU model the trials are packed for: each worker's "
+        "estimated peak must fit gpus_per_worker of it; None: not checked"
+    )
 
     @model_validator(mode="after")
     def _gpus(self) -> Scaling:
@@ -192,6 +196,8 @@ class Scaling(Strict):
             raise ValueError("gpus_per_worker: must be > 0 with use_gpu: true")
         if self.gpus_per_worker > 1 and self.gpus_per_worker != int(self.gpus_per_worker):
             raise ValueError(f"gpus_per_worker: above 1 must be whole (got {self.gpus_per_worker})")
+        if self.gpu_memory_gb is not None and not self.use_gpu:
+            raise ValueError(f"gpu_memory_gb: needs use_gpu: true (got {self.gpu_memory_gb})")
         return self
 
     @property
@@ -212,6 +218,9 @@ class SweepConfig(Strict):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     storage: str = "runs/tune"
+    shared_storage: bool = Field(
+        False, description="a local storage path is a mount every node of the cluster sees (NFS, a shared volume)"
+    )
     seed: int = Field(8492, ge=0, description="seeds the search, the validation split and (derived) every trial")
     recipe: str | None = Field(None, description="an alignmixup recipe to start `train` from")
     train: dict[str, Any] = Field(default_factory=dict)

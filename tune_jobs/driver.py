@@ -24,7 +24,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
 from alignmixup.console import ConfigError
-from tune_jobs import pin_ray_address, storage, tracking
+from tune_jobs import pin_ray_address, preflight, storage, tracking
 from tune_jobs.config import Param, SweepConfig, experiment_path, trial_settings, validate
 from tune_jobs.scheduler import RecordedASHA
 from tune_jobs.schema import TRAIN_RUNS, TrialRecord, epochs_frame, read_rows, trials_frame
@@ -211,6 +211,7 @@ def connect(address: str | None) -> None:
 def run(sweep: SweepConfig, experiment: str, address: str | None = None) -> Outcome:
     """Start the sweep; write sweep.json first (resume reads it) and the tables at the end."""
     connect(address)
+    preflight.check_joined_cluster(sweep)  # before any trial: resources, storage seen from the nodes
     write_sweep(experiment, sweep)
     limit = concurrency(sweep)
     make_tuner(sweep, experiment, limit).fit()
@@ -229,6 +230,7 @@ def resume(experiment: str, address: str | None = None) -> Outcome:
         raise ConfigError(f"experiment: {experiment} was started at {home}; resume it there (its scheduler's "
                           "state is kept at that place)")
     connect(address)
+    preflight.check_joined_cluster(sweep)
     tuner = tune.Tuner.restore(
         experiment, trainable=trainable(sweep, experiment), resume_unfinished=True, resume_errored=True
     )
