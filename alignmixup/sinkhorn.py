@@ -64,7 +64,7 @@ class SinkhornResult:
 
     plan: torch.Tensor  # (B, N, M), rows summing to about 1/N, columns to 1/M
     iterations: torch.Tensor  # () int64: iterations the plan carries, eps-scaling warm-up included
-    marginal_err: torch.Tensor  # () fp32: mean over rows and batch of |N * plan.sum(2) - 1|
+    marginal_err: torch.Tensor  # () fp64: mean over rows and batch of |N * plan.sum(2) - 1|
     executed: int  # iterations the loop ran, masked ones and the marginal test's half step included
     reads: int  # host reads of the stop test (each a host-device synchronisation off the CPU)
 
@@ -220,7 +220,7 @@ def sinkhorn(
             u, v, iterations, executed, reads = loop.blocks(k, steps, warm, check_every, compiled)
         # in place: k + u rounds exactly as the last column update did, so the columns sum to 1/M to rounding
         plan = k.add_(u.unsqueeze(2)).add_(v.unsqueeze(1)).exp_()
-        marginal_err = plan.sum(2).mul_(n).sub_(1.0).abs_().mean().float()
+        marginal_err = plan.sum(2, dtype=torch.float64).mul_(n).sub_(1.0).abs_().mean()
     return SinkhornResult(plan, iterations, marginal_err, executed, reads)
 
 

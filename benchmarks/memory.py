@@ -76,8 +76,9 @@ def _previous_squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def _previous_plan(x: torch.Tensor, y: torch.Tensor, eps: float, max_iter: int, cost_scaling: str) -> torch.Tensor:
-    """The former sinkhorn_plan: the cost from an out-of-place baddbmm, scaled out of place, alive throughout."""
+def previous_plan(x: torch.Tensor, y: torch.Tensor, eps: float, max_iter: int, cost_scaling: str) -> torch.Tensor:
+    """The former sinkhorn_plan (release rule, host-checked on a CPU): the cost from an out-of-place baddbmm,
+    scaled out of place and alive throughout, then the former loop."""
     cost = _previous_squared_distances(x.float(), y.float())
     if cost_scaling == "mean":
         cost = cost / cost.mean(dim=(1, 2), keepdim=True).clamp_min(1e-12)
@@ -92,7 +93,7 @@ def previous_align_mix(h: torch.Tensor, perm: torch.Tensor, lam: float, directio
     n = hh * ww
     a = h.permute(0, 2, 3, 1).reshape(b, n, c)
     p = a[perm]
-    r = (_previous_plan(a.detach(), p.detach(), eps, max_iter, cost_scaling) * n).to(a.dtype)
+    r = (previous_plan(a.detach(), p.detach(), eps, max_iter, cost_scaling) * n).to(a.dtype)
     if direction == 0:
         mixed = torch.lerp(torch.bmm(r, p), a, lam)
     else:

@@ -35,6 +35,7 @@ from alignmixup.config import TrainConfig
 from alignmixup.sinkhorn import CUDA_CHECK_EVERY, SinkhornResult, sinkhorn, sinkhorn_plan, squared_distances
 from alignmixup.trainer import Trainer
 from benchmarks._machine import add_common_args, interleaved, paired_ratio, print_table, save, setup, stats, sync
+from benchmarks.memory import previous_plan
 
 EPS_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 STAGES = (4, 3, 2)  # N = 16, 64, 256 at 32x32 inputs
@@ -88,6 +89,7 @@ def candidates(x: torch.Tensor, y: torch.Tensor, eps: float, iters: int, compile
     """The solvers, each a closure from the features to the plan."""
     fns: dict[str, Callable[[], torch.Tensor]] = {
         "reference": lambda: release_loop(squared_distances(x, y), eps, iters)[0],
+        "previous": lambda: previous_plan(x, y, eps, iters, "none"),
         "ours": lambda: sinkhorn_plan(x, y, eps=eps, max_iter=iters),
     }
     if compiled:
@@ -294,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
         "ours: alignmixup.sinkhorn.sinkhorn_plan defaults (release stop rule; CPU reads the stop flag every "
         f"iteration, CUDA every {CUDA_CHECK_EVERY}); ours_compiled: compiled=True (torch.compile'd blocks); "
         "compile time apart",
-        "reference: the release's loop (per-iteration .item() stop test) given the same cost matrix",
+        "reference: the release's loop (per-iteration .item() stop test) given the same cost matrix; previous: "
+        "sinkhorn_plan as of commit 87b7db0 (benchmarks.memory.previous_plan), the CPU speed to keep",
         "max_abs_err_vs_fp64: against the release's loop run in fp64 for the same iterations (the oracle)",
     ]
     save("sinkhorn", device, args, rows, notes)
