@@ -3,15 +3,17 @@
 Stop rules (`stop`), each with its own tolerance and iteration cap (RULE_DEFAULTS, used where `tol` or
 `max_iter` is None):
   - "release": the release's test, the batch mean of the L1 change of the row potential below `tol`
-    (0.1), at most 100 iterations. On mean-scaled costs it is loose at small eps (eps 0.01 stopped after
-    3 iterations with rows of R off by 0.45 on average), which is why it is not the tuning default.
+    (0.1), at most 100 iterations. It is absolute, so on mean-scaled costs it is loose at small eps (eps
+    0.01 at N = 16 stopped after 4 or 5 iterations with rows of R off by 0.46 on average): not the
+    tuning default.
   - "marginal": stop once the plan's rows are within `tol` (0.01) of their marginal: the mean over rows
     and batch of |R·1 - 1|, R = N * plan, at most 1000 iterations at the target eps. The columns are exact
     after every column update, so both marginals are then within tol. The test costs nothing: the next
     row update's change of potential is the row marginal error, N * rowsum_i = exp(u_i - u_new_i). With
     cost_scaling "mean" the iterations start from eps-scaling, 2 at each of eps * 2^J, ..., eps * 2
-    (eps * 2^J <= 1, the mean cost), each warm-starting the next: 37 instead of 78 iterations at eps 0.01
-    on a trained model's last stage (benchmarks/README.md).
+    (eps * 2^J <= 1, the mean cost), each warm-starting the next: at eps 0.01 on a trained model's
+    features, 37 iterations instead of 87 at N = 16, 133 instead of 190 at N = 64, 240 instead of 273
+    at N = 256 (benchmarks/README.md, "Sinkhorn convergence in tuning mode").
   - "fixed": exactly `max_iter` iterations (100).
   - "auto" (the default): "release" with cost_scaling "none", "marginal" with "mean".
 The iterations, their count and the row marginal error of the returned plan stay on the device.
@@ -315,7 +317,7 @@ class _Loop:
         executed = reads = 0
         for start, end in itertools.pairwise(bounds):
             chunk = tuple(steps[start:end])
-            run = self._compiled(chunk) if compiled else functools.partial(self.masked, steps=chunk, buf=buf)
+            run = _compiled_block(self, chunk) if compiled else functools.partial(self.masked, steps=chunk, buf=buf)
             u, v, done, count = run(k, u, v, done, count)
             executed = end
             if checks and start >= warm:
@@ -344,9 +346,6 @@ class _Loop:
                 done = done | ((u_new - u).abs_().sum() < self.thresh)
             u, count = u_next, count + active
         return u, v, done, count
-
-    def _compiled(self, steps: tuple[Step, ...]) -> Callable[..., tuple[torch.Tensor, ...]]:
-        return _compiled_block(self, steps)
 
 
 @functools.cache
