@@ -19,13 +19,14 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
 from alignmixup.config import DATASETS, TrainConfig, error_line
 from alignmixup.console import ConfigError, Parser, add_version, run_command
 from alignmixup.presets import RECIPES, recipe_for
+from alignmixup.sinkhorn import CostScaling, StopRule
 from alignmixup.tracking import BEST_WEIGHTS_TAG, command_line_trackers, tracking_flag
 
 PROG = "alignmixup-train"
@@ -35,14 +36,15 @@ FLAGS = {
     "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
     "weight_decay": "--weight-decay", "lr_schedule": "--lr-schedule", "milestones": "--schedule",
     "gammas": "--gammas", "method": "--method", "alpha": "--alpha", "mix_layers": "--mix-layers",
-    "sinkhorn.eps": "--eps", "sinkhorn.max_iter": "--sinkhorn-iters", "sinkhorn.stop": "--sinkhorn-stop",
-    "sinkhorn.tol": "--sinkhorn-tol", "sinkhorn.cost_scaling": "--cost-scaling", "val_fraction": "--val-fraction",
+    "sinkhorn.eps": "--eps", "sinkhorn.max_iter": "--sinkhorn-max-iter", "sinkhorn.stop": "--sinkhorn-stop",
+    "sinkhorn.tol": "--sinkhorn-tol", "sinkhorn.cost_scaling": "--cost-scaling", "sinkhorn.compiled": "--sinkhorn-compiled",
+    "val_fraction": "--val-fraction",
     "seed": "--seed", "device": "--device", "eval_test": "--eval-test", "threads": "--threads",
     "subset": "--subset", "loader_workers": "--workers", "amp": "--amp", "channels_last": "--channels-last",
     "compile": "--compile", "nesterov": "--nesterov", "split_seed": "--split-seed",
 }
-SINKHORN_ARGS = {"eps": "eps", "sinkhorn_iters": "max_iter", "sinkhorn_stop": "stop", "sinkhorn_tol": "tol",
-                 "cost_scaling": "cost_scaling"}
+SINKHORN_ARGS = {"eps": "eps", "sinkhorn_max_iter": "max_iter", "sinkhorn_stop": "stop", "sinkhorn_tol": "tol",
+                 "cost_scaling": "cost_scaling", "sinkhorn_compiled": "compiled"}
 NOT_CONFIG = {"preset", "train_dir", "val_dir", "mini_imagenet", "num_classes", "output_dir", "resume", "ngpu",
               "tracking", "evaluate", "evaluations", "evaluation_images", *SINKHORN_ARGS}
 # flags that may accompany --evaluate: where the data is and what runs it, and which evaluations; nothing else
@@ -117,10 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha", type=float, help=f"lam ~ Beta(alpha, alpha) (default: {d['alpha'].default})")
     g.add_argument("--mix-layers", type=_layers, help="e.g. 0,4 (0 = input, k = after stage k; default: 0,last)")
     g.add_argument("--eps", type=float, help="Sinkhorn entropic regularisation (default: 0.1)")
-    g.add_argument("--sinkhorn-iters", type=int)
-    g.add_argument("--sinkhorn-stop", choices=["release", "fixed"])
-    g.add_argument("--sinkhorn-tol", type=float)
-    g.add_argument("--cost-scaling", choices=["none", "mean"], help="none: the release (absolute eps)")
+    g.add_argument("--cost-scaling", choices=get_args(CostScaling),
+                   help="none: the release (absolute eps); mean: each pair's cost over its mean (scale-free eps)")
+    g.add_argument("--sinkhorn-stop", choices=get_args(StopRule),
+                   help="auto (default): release with --cost-scaling none, marginal with mean")
+    g.add_argument("--sinkhorn-tol", type=float, help="default: the rule's own (release 0.1, marginal 0.01)")
+    g.add_argument("--sinkhorn-max-iter", type=int, help="default: the rule's own (100; marginal 1000)")
+    g.add_argument("--sinkhorn-compiled", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile'd Sinkhorn iterations (pays on CUDA)")
     g = p.add_argument_group("run")
     g.add_argument("--seed", "--manualSeed", dest="seed", type=int, help=f"(default: {d['seed'].default})")
     g.add_argument("--output-dir", "--save_dir", dest="output_dir", type=Path,

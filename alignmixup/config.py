@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from alignmixup.models import MODELS
-from alignmixup.sinkhorn import CostScaling, StopRule
+from alignmixup.sinkhorn import CostScaling, StopRule, resolve_rule
 
 Method = Literal["alignmixup", "mixup", "manifold", "erm"]
 Dataset = Literal["digits", "cifar10", "cifar100", "tinyimagenet", "imagenet"]
@@ -71,13 +71,41 @@ class Strict(BaseModel):
 
 
 class SinkhornConfig(Strict):
-    """Sinkhorn settings of aligned mixing; the defaults are the release's."""
+    """Sinkhorn settings of aligned mixing (alignmixup.sinkhorn); the defaults are the release's.
+
+    `stop: auto` picks the rule from the cost scaling, so a user need not know it: the release's rule with
+    cost_scaling "none" (tol 0.1 on the batch-mean L1 change of the row potential, at most 100 iterations;
+    the six published presets, unchanged), the marginal rule with "mean" (mean |R·1 - 1| <= 0.01 over rows
+    and batch, eps-scaling warm start, at most 1000 iterations at the target eps). `tol` and `max_iter` left
+    None take the chosen rule's own (sinkhorn.RULE_DEFAULTS); set, they are checked against it.
+    """
 
     eps: float = Field(0.1, gt=0, le=1e3, description="entropic regularisation")
-    max_iter: int = Field(100, ge=1, le=10_000)
-    stop: StopRule = "release"
-    tol: float = Field(0.1, gt=0, description="release rule: batch-mean L1 change of the row potential")
     cost_scaling: CostScaling = "none"
+    stop: StopRule = "auto"
+    tol: float | None = Field(None, gt=0, description="None: the rule's own (release 0.1, marginal 0.01)")
+    max_iter: int | None = Field(None, ge=1, le=10_000, description="None: the rule's own (100; marginal 1000)")
+    compiled: bool = Field(False, description="torch.compile'd iteration blocks (pays on CUDA)")
+
+    @field_validator("tol")
+    @classmethod
+    def _tol_fits_the_rule(cls, tol: float | None, info: ValidationInfo) -> float | None:
+        rule = resolve_rule(info.data.get("stop", "auto"), info.data.get("cost_scaling", "none"))
+        if tol is not None and rule == "fixed":
+            raise ValueError("the fixed rule has no tolerance; leave it unset")
+        if tol is not None and rule == "marginal" and not tol < 1:
+            raise ValueError("the marginal rule's tolerance is a mean |R·1 - 1|: expected 0 < tol < 1")
+        return tol
+
+    @property
+    def rule(self) -> str:
+        """The stop rule in force ('auto' resolved)."""
+        return resolve_rule(self.stop, self.cost_scaling)
+
+    def plan_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of sinkhorn.sinkhorn_plan these settings stand for."""
+        return dict(eps=self.eps, max_iter=self.max_iter, stop=self.stop, tol=self.tol,
+                    cost_scaling=self.cost_scaling, compiled=self.compiled)
 
 
 class EvaluationConfig(Strict):

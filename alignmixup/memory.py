@@ -30,6 +30,7 @@ from torch import nn
 
 from alignmixup.config import TrainConfig
 from alignmixup.data import SPECS
+from alignmixup.mixing import aligned_mix_peak_bytes
 from alignmixup.models import build_model
 
 BYTES_PER_GB = 1e9
@@ -78,25 +79,6 @@ class MemoryEstimate:
                 "peak_gb": self.peak_gb}
 
 
-def align_mix_peak_bytes_core(batch: int, positions: int, channels: int, *, feature_bytes: int = 4) -> int:
-    """Bytes the core branch's align_mix allocates at its peak beyond its input (output and kept tensors included).
-
-    Analysis of alignmixup.mixing.align_mix and alignmixup.sinkhorn as they stand on the core branch, with S one
-    (B, N, N) fp32 tensor, F the partner features p = a[perm] (B, N, C, held throughout) and V one (B, N) fp32
-    vector: the final `exp(k + u + v)` of _sinkhorn_log holds the cost (still referenced by sinkhorn_plan), -C/eps,
-    its transposed copy, the sum and the plan: 5 S, with the potentials (5 V). Every other moment holds less (the
-    cost phase: the fp32 copies of a and p, 2 S and 2 V; the mix: the plan, R and its copy in the feature dtype,
-    bmm's and lerp's outputs). The Sinkhorn rework (mixing.aligned_mix_peak_bytes) replaces this function.
-    """
-    s = batch * positions * positions * 4
-    f = batch * positions * channels * feature_bytes
-    vec = batch * positions * 4
-    copies = 2 * batch * positions * channels * 4 if feature_bytes != 4 else 0
-    r_low = s * feature_bytes // 4
-    return f + max(copies + 2 * s + 2 * vec, 5 * s + 5 * vec, 2 * s + r_low, s + r_low + 2 * f)
-
-
-
 @dataclass(frozen=True)
 class ForwardMeasure:
     """What one training forward keeps for the backward (bytes, fp32 and bf16-autocast views) and its stage shapes."""
@@ -125,7 +107,7 @@ def measure_forward(
     """Run the network's training forward on the meta device and count the tensors autograd keeps.
 
     mix_layer: where the batch is mixed (pixels or features, with a lerp against a permutation as Mixer does;
-    align_mix's own tensors are counted by align_mix_peak_bytes_core), None for no mixing.
+    align_mix's own tensors are counted by mixing.aligned_mix_peak_bytes), None for no mixing.
     """
     model = _meta_model(network, num_classes, width, channels, channels_last)
     x = torch.empty(batch, channels, image_size, image_size, device="meta")
@@ -194,7 +176,7 @@ def estimate_peak_gb(cfg: TrainConfig, world_size: int) -> MemoryEstimate:
         mix = 0
         if cfg.method == "alignmixup" and layer:
             c, h, w = m.stages[layer]
-            mix = align_mix_peak_bytes_core(batch, h * w, c, feature_bytes=feature_bytes)
+            mix = aligned_mix_peak_bytes(batch, h * w, c, feature_bytes=feature_bytes)
         if best is None or act + mix > best[0]:
             best = (act + mix, layer, act, mix)
     assert best is not None

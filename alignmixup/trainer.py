@@ -34,6 +34,7 @@ from alignmixup.data import load_splits, shard
 from alignmixup.evaluation import evaluation_totals, finalize, metric_names, rank_share
 from alignmixup.mixing import BatchMix, Mixer
 from alignmixup.models import StagedNet, build_model
+from alignmixup.sinkhorn import SinkhornStats
 
 BYTES_PER_GB = 1e9
 
@@ -45,7 +46,8 @@ class EpochMetrics:
     val_*: None under the release's protocol (no validation split). test_acc: when the test split was evaluated
     (every epoch, or the last). best_test_acc: the best test_acc so far (the release's reported number).
     best_val_test_acc: at the last epoch, test top-1 of the best-validation weights. improved: this epoch set a
-    new best on the selecting split, so the best weights are this epoch's.
+    new best on the selecting split, so the best weights are this epoch's. sinkhorn_*: how far the plans of the
+    epoch's aligned batches converged, over all ranks (AlignMixup only).
     """
 
     epoch: int
@@ -66,6 +68,8 @@ class EpochMetrics:
     world_size: int
     rank: int
     gpu_mem_peak_gb: float | None = None
+    sinkhorn_iters: float | None = None  # mean Sinkhorn iterations per aligned batch (None: no batch aligned)
+    sinkhorn_marginal_err: float | None = None  # mean row marginal error |R·1 - 1| of the aligned batches' plans
     evaluations: dict[str, float | None] = field(default_factory=dict)  # None: not evaluated this epoch
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,6 +99,8 @@ def metric_columns(cfg: TrainConfig) -> list[str]:
         skip |= {"test_acc", "best_test_acc", "best_val_test_acc"}
     if cfg.device == "cpu":
         skip.add("gpu_mem_peak_gb")
+    if cfg.method != "alignmixup":
+        skip |= {"sinkhorn_iters", "sinkhorn_marginal_err"}
     return [f.name for f in fields(EpochMetrics) if f.name not in skip] + evaluation_columns(cfg)
 
 
@@ -106,7 +112,8 @@ def evaluation_columns(cfg: TrainConfig) -> list[str]:
 
 def every_epoch_metrics(cfg: TrainConfig) -> list[str]:
     """The metrics a run of `cfg` reports with a value at every epoch (what an early-stopping scheduler may use)."""
-    sometimes = {"best_val_test_acc", "gpu_mem_peak_gb", *evaluation_columns(cfg)}
+    sometimes = {"best_val_test_acc", "gpu_mem_peak_gb", "sinkhorn_iters", "sinkhorn_marginal_err",
+                 *evaluation_columns(cfg)}
     if cfg.eval_test != "every":
         sometimes |= {"test_acc", "best_test_acc"}
     return [c for c in metric_columns(cfg) if c not in sometimes]
@@ -228,6 +235,7 @@ class Trainer:
             group["lr"] = lr
         self.mixer.seed(derive_seed(cfg.seed, e, self.rank, 1))
         self.data.train.reseed(derive_seed(cfg.seed, e, self.rank, 2))
+        self.mixer.stats.reset()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.model.train()
@@ -243,15 +251,19 @@ class Trainer:
             if on_batch is not None:
                 on_batch(len(y))
         elapsed = time.perf_counter() - start
-        loss_total, step_total, sample_total = self._all_sum(
-            torch.stack([loss_sum, loss_sum.new_tensor(float(steps)), loss_sum.new_tensor(float(samples))])
-        ).tolist()
+        totals = self._all_sum(torch.cat([
+            torch.stack([loss_sum, loss_sum.new_tensor(float(steps)), loss_sum.new_tensor(float(samples))]),
+            self.mixer.stats.totals().to(loss_sum.device),
+        ]))
+        loss_total, step_total, sample_total = totals[:3].tolist()
+        sinkhorn_iters, sinkhorn_err = SinkhornStats.means(totals[3:])
         self.epoch += 1
         self._sync_buffers()
         metrics = self._evaluate_epoch(
             train_loss=loss_total / max(step_total, 1.0), lr=lr, epoch_time_s=elapsed,
             images_per_s=sample_total / max(elapsed, 1e-9), train_samples=samples,
-            train_samples_global=int(sample_total),
+            train_samples_global=int(sample_total), sinkhorn_iters=sinkhorn_iters,
+            sinkhorn_marginal_err=sinkhorn_err,
         )
         self.history.append(metrics)
         return metrics

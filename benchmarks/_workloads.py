@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from alignmixup.config import Method, TrainConfig
+from alignmixup.config import Method, SinkhornConfig, TrainConfig
 from alignmixup.trainer import Trainer
 
 
@@ -30,14 +30,16 @@ def synthetic_cifar(images: int, root: Path | None = None) -> Path:
 def make_trainer(
     data_dir: Path, method: Method, device: torch.device, *, width: float = 1.0, batch_size: int = 128,
     epochs: int = 1, mix_layers: list[int] | None = None, compile_model: bool = False, val_fraction: float = 0.1,
-    threads: int | None = None,
+    threads: int | None = None, sinkhorn: SinkhornConfig | None = None,
 ) -> Trainer:
-    """A PreActResNet-18 Trainer on the synthetic CIFAR-10 directory (same seed, so the same initial weights)."""
+    """A PreActResNet-18 Trainer on the synthetic CIFAR-10 directory (same seed, so the same initial weights);
+    `sinkhorn` None: the release's settings."""
     cfg = TrainConfig(
         dataset="cifar10", data_dir=data_dir, network="preactresnet18", width=width, batch_size=batch_size,
         epochs=epochs, method=method, mix_layers=mix_layers, compile=compile_model,
         eval_test="never" if val_fraction > 0 else "every",  # without a validation split the test split selects
         val_fraction=val_fraction, device=device.type, threads=threads,
+        sinkhorn=sinkhorn or SinkhornConfig(),
     )
     return Trainer(cfg, device=device)
 

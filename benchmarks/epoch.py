@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from alignmixup import sinkhorn
+from alignmixup.config import SinkhornConfig
 from benchmarks._machine import add_common_args, device_name, print_table, save, setup
 from benchmarks._workloads import make_trainer, synthetic_cifar
 
@@ -31,15 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--method", default="alignmixup", choices=["alignmixup", "mixup", "manifold", "erm"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (TrainConfig.compile)")
-    parser.add_argument("--sinkhorn-compiled", action="store_true", help="sinkhorn.set_compiled(True)")
+    parser.add_argument("--sinkhorn-compiled", action="store_true", help="SinkhornConfig(compiled=True)")
     add_common_args(parser)
     args = parser.parse_args(argv)
     device = setup(args)
-    sinkhorn.set_compiled(args.sinkhorn_compiled)
     t0 = time.perf_counter()
     data = synthetic_cifar(args.images)
     tr = make_trainer(data, args.method, device, width=args.width, batch_size=args.batch, epochs=args.epochs,
-                      compile_model=args.compile)
+                      compile_model=args.compile, sinkhorn=SinkhornConfig(compiled=args.sinkhorn_compiled))
     setup_s = time.perf_counter() - t0
     walls: list[float] = []
     last = time.perf_counter()

@@ -1,27 +1,39 @@
-"""CUDA paths (run where a GPU is present): no host sync in Sinkhorn, bf16 + channels_last training."""
+"""CUDA paths (run where a GPU is present): Sinkhorn syncs only at its host reads, bf16 + channels_last."""
+
+import warnings
 
 import pytest
 import torch
 
 from alignmixup.config import TrainConfig
-from alignmixup.sinkhorn import sinkhorn_plan
+from alignmixup.sinkhorn import CUDA_CHECK_EVERY, sinkhorn, sinkhorn_plan
 from alignmixup.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def test_sinkhorn_loop_never_synchronises_with_the_host():
+def test_sinkhorn_synchronises_only_at_its_host_reads():
     x = torch.randn(128, 16, 512, device="cuda")
     y = torch.randn(128, 16, 512, device="cuda")
     sinkhorn_plan(x, y)  # warm up kernels and allocator
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
-    try:
-        plan = sinkhorn_plan(x, y, eps=0.1, max_iter=100, stop="release")
+    try:  # check_every=0: the host never reads the flag, the loop never synchronises
+        never = sinkhorn(x, y, eps=0.1, max_iter=100, stop="release", check_every=0)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    with warnings.catch_warnings(record=True) as caught:  # the default: one read every CUDA_CHECK_EVERY
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            res = sinkhorn(x, y, eps=0.1, max_iter=100, stop="release")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert res.reads == -(-res.executed // CUDA_CHECK_EVERY) > 0
+    assert sum("synchroniz" in str(w.message) for w in caught) == res.reads
     cpu = sinkhorn_plan(x.cpu(), y.cpu())
-    torch.testing.assert_close(plan.cpu(), cpu, atol=1e-5, rtol=1e-3)
+    for plan in (never.plan, res.plan):
+        torch.testing.assert_close(plan.cpu(), cpu, atol=1e-5, rtol=1e-3)
 
 
 def test_bf16_channels_last_epoch_on_cuda():

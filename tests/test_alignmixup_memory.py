@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from alignmixup import memory
 from alignmixup.config import SinkhornConfig, TrainConfig
 from alignmixup.data import READERS, SPECS, load_splits
-from alignmixup.mixing import align_mix
+from alignmixup.mixing import align_mix, aligned_mix_peak_bytes
 from alignmixup.models import build_model
 
 
@@ -122,7 +122,7 @@ def test_align_mix_peak_matches_the_profiler(
     perm = torch.randperm(batch)
     sinkhorn = SinkhornConfig(max_iter=3, stop="fixed", cost_scaling="mean")
     _, peak, _ = profiled(lambda: align_mix(h, perm, 0.3, direction, sinkhorn))
-    estimate = memory.align_mix_peak_bytes_core(batch, side * side, channels, feature_bytes=h.element_size())
+    estimate = aligned_mix_peak_bytes(batch, side * side, channels, feature_bytes=h.element_size())
     assert peak <= estimate <= 1.02 * peak
 
 
@@ -132,7 +132,7 @@ def test_estimate_takes_the_largest_mixing_stage_and_the_per_worker_batch() -> N
     wide = memory.estimate_peak_gb(TrainConfig(**base, mix_layers=[0, 2, 4]), world_size=1)
     assert (deep.mix_layer, wide.mix_layer) == (4, 2) and wide.peak_gb > deep.peak_gb
     # stage 2 of PreActResNet-18 at 64 x 64: 32 x 32 positions, 128 channels, bf16 features
-    assert wide.mixing_gb * memory.BYTES_PER_GB == memory.align_mix_peak_bytes_core(256, 1024, 128, feature_bytes=2)
+    assert wide.mixing_gb * memory.BYTES_PER_GB == aligned_mix_peak_bytes(256, 1024, 128, feature_bytes=2)
     pair = memory.estimate_peak_gb(TrainConfig(**base, mix_layers=[0, 2, 4]), world_size=2)
     assert pair.per_worker_batch == 128 and pair.data_gb == wide.data_gb  # every rank holds the whole set
     assert pair.model_gb > wide.model_gb and pair.mixing_gb == pytest.approx(wide.mixing_gb / 2, rel=1e-3)
