@@ -102,14 +102,16 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: Normalization,
     The caller puts the model in eval mode (evaluation_totals does).
     """
     pixels = norm.to_pixels(x.detach())
-    adv = pixels
+    adv, current = pixels, x.detach()  # the first gradient is taken at x itself, as FGSM's (no round trip)
     if random_start:
         noise = torch.empty_like(pixels).uniform_(-eps, eps, generator=generator)  # empty_like keeps the layout
         adv = (pixels + noise).clamp_(0.0, 1.0)
+        current = norm.from_pixels(adv)
     for _ in range(steps):
-        sign = _logits_and_grad_sign(model, norm.from_pixels(adv), y, autocast)[1]
+        sign = _logits_and_grad_sign(model, current, y, autocast)[1]
         adv = _project(adv + step_size * sign, pixels, eps)
-    return norm.from_pixels(adv)
+        current = norm.from_pixels(adv)
+    return current
 
 
 def calibration_totals(logits: torch.Tensor, y: torch.Tensor, bins: int) -> torch.Tensor:
