@@ -54,6 +54,29 @@ class SinkhornConfig(Strict):
     cost_scaling: CostScaling = "none"
 
 
+class ScheduleSegment(Strict):
+    """Hyperparameters in force from the 1-based epoch `from_epoch` on (a field left out keeps its earlier value).
+
+    `lr` is the base learning rate from that epoch on; the run's lr schedule (step or cosine) still applies to it,
+    as it does to a trial whose lr a population-based sweep mutated.
+    """
+
+    from_epoch: int = Field(ge=1)
+    alpha: float | None = Field(None, gt=0)
+    eps: float | None = Field(None, gt=0, le=1e3, description="Sinkhorn's entropic regularisation")
+    lr: float | None = Field(None, gt=0)
+    mix_layers: list[int] | None = None
+
+
+class InForce(Strict):
+    """The schedulable hyperparameters in force during one epoch."""
+
+    alpha: float
+    eps: float
+    lr: float
+    mix_layers: list[int]
+
+
 class TrainConfig(Strict):
     """Everything one run needs; the defaults are the release's CIFAR recipe on the digits set."""
 
@@ -92,6 +115,11 @@ class TrainConfig(Strict):
     )
     loader_workers: int = Field(8, ge=0, description="DataLoader workers (ImageNet only)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    schedule: list[ScheduleSegment] = Field(
+        default_factory=list,
+        description="hyperparameters that change during the run (e.g. a population-based sweep's best schedule): "
+                    "segments in ascending from_epoch; before the first one the fields above are in force",
+    )
 
     @property
     def validation_seed(self) -> int:
@@ -107,6 +135,15 @@ class TrainConfig(Strict):
     def num_stages(self) -> int:
         """Residual stages of the network: valid mixing layers are 0..num_stages."""
         return MODELS[self.network].num_stages
+
+    def in_force(self, epoch: int) -> InForce:
+        """alpha, eps, base lr and mixing layers in force during the 1-based `epoch` (the schedule applied)."""
+        values = {"alpha": self.alpha, "eps": self.sinkhorn.eps, "lr": self.lr, "mix_layers": self.mix_layers}
+        for segment in self.schedule:
+            if segment.from_epoch > epoch:
+                break
+            values.update(segment.model_dump(exclude={"from_epoch"}, exclude_none=True))
+        return InForce(**values)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -137,4 +174,24 @@ class TrainConfig(Strict):
                     f"eval_test: with val_fraction 0 the test split picks the best epoch, so it must be 'every' "
                     f"(got {self.eval_test!r})"
                 )
+        self._check_schedule()
         return self
+
+    def _check_schedule(self) -> None:
+        """Segments ascend within the run, and each one's values are valid as the fields they replace."""
+        previous = 0
+        for i, segment in enumerate(self.schedule):
+            if segment.from_epoch <= previous:
+                raise ValueError(f"schedule.{i}.from_epoch: segments must ascend (got {segment.from_epoch} after "
+                                 f"{previous})")
+            if segment.from_epoch > self.epochs:
+                raise ValueError(f"schedule.{i}.from_epoch: beyond the run's {self.epochs} epochs (got "
+                                 f"{segment.from_epoch})")
+            previous = segment.from_epoch
+            if segment.mix_layers is not None:
+                replaced = self.model_dump(exclude={"schedule"})
+                replaced["mix_layers"] = segment.mix_layers
+                try:
+                    TrainConfig.model_validate(replaced)
+                except ValidationError as exc:
+                    raise ValueError(f"schedule.{i}.{error_line(exc)}") from None

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from alignmixup import checkpoint
 from alignmixup.checkpoint import CheckpointError
-from alignmixup.config import TrainConfig
+from alignmixup.config import InForce, TrainConfig
 from alignmixup.console import ConfigError
 from alignmixup.data import load_splits, shard
 from alignmixup.mixing import BatchMix, Mixer
@@ -43,7 +43,8 @@ class EpochMetrics:
     val_*: None under the release's protocol (no validation split). test_acc: when the test split was evaluated
     (every epoch, or the last). best_test_acc: the best test_acc so far (the release's reported number).
     best_val_test_acc: at the last epoch, test top-1 of the best-validation weights. improved: this epoch set a
-    new best on the selecting split, so the best weights are this epoch's.
+    new best on the selecting split, so the best weights are this epoch's. alpha, eps: the mixing hyperparameters in
+    force this epoch (TrainConfig.schedule may change them).
     """
 
     epoch: int
@@ -57,6 +58,8 @@ class EpochMetrics:
     best_val_test_acc: float | None
     improved: bool
     lr: float
+    alpha: float
+    eps: float
     epoch_time_s: float
     images_per_s: float
     train_samples: int
@@ -104,11 +107,12 @@ def every_epoch_metrics(cfg: TrainConfig) -> list[str]:
     return [c for c in metric_columns(cfg) if c not in sometimes]
 
 
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate of a 0-based epoch: the release's step schedule, or cosine to zero."""
+def lr_at(cfg: TrainConfig, epoch: int, base: float | None = None) -> float:
+    """Learning rate of a 0-based epoch: the release's step schedule, or cosine to zero, of `base` (cfg.lr)."""
+    base = cfg.lr if base is None else base
     if cfg.lr_schedule == "cosine":
-        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
-    lr = cfg.lr
+        return 0.5 * base * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    lr = base
     for gamma, milestone in zip(cfg.gammas, cfg.milestones, strict=True):
         if epoch < milestone:
             break
@@ -181,7 +185,8 @@ class Trainer:
             self.model_without_ddp.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             nesterov=cfg.nesterov,
         )
-        self.mixer = Mixer(cfg.method, cfg.alpha, cfg.mix_layers, cfg.sinkhorn, self.device)
+        self.mixing = cfg.in_force(1)
+        self.mixer = self._mixer(self.mixing)
         self.autocast = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda and cfg.amp)
         self.epoch = 0
         self.history: list[EpochMetrics] = []
@@ -206,7 +211,10 @@ class Trainer:
     def train_epoch(self) -> EpochMetrics:
         """One epoch of training, then the evaluations its protocol asks for; returns its metrics."""
         cfg, e = self.cfg, self.epoch
-        lr = lr_at(cfg, e)
+        hp = cfg.in_force(e + 1)
+        if hp != self.mixing:  # the schedule changed alpha, eps or the mixing layers
+            self.mixing, self.mixer = hp, self._mixer(hp)
+        lr = lr_at(cfg, e, base=hp.lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.mixer.seed(derive_seed(cfg.seed, e, self.rank, 1))
@@ -232,7 +240,7 @@ class Trainer:
         metrics = self._evaluate_epoch(
             train_loss=loss_total / max(step_total, 1.0), lr=lr, epoch_time_s=elapsed,
             images_per_s=sample_total / max(elapsed, 1e-9), train_samples=samples,
-            train_samples_global=int(sample_total),
+            train_samples_global=int(sample_total), alpha=hp.alpha, eps=hp.eps,
         )
         self.history.append(metrics)
         return metrics
@@ -262,6 +270,11 @@ class Trainer:
             best_val_acc=best_val, best_test_acc=best_test, best_val_test_acc=best_val_test, improved=improved,
             world_size=self.world_size, rank=self.rank, gpu_mem_peak_gb=gpu_mem, **train,
         )
+
+    def _mixer(self, hp: InForce) -> Mixer:
+        """A mixer drawing with the given alpha, Sinkhorn eps and mixing layers (reseeded at every epoch)."""
+        sinkhorn = self.cfg.sinkhorn.model_copy(update={"eps": hp.eps})
+        return Mixer(self.cfg.method, hp.alpha, hp.mix_layers, sinkhorn, self.device)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, BatchMix]:
         """One optimisation step on a batch: mixing draw, forward, mixed loss, backward, SGD update.

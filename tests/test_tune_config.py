@@ -59,7 +59,7 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
         {"search": {"mix_layers": {"uniform": [0, 4]}}}, "search.mix_layers: uniform needs a numeric"
     ),
     "bad eps range": ({"search": {"eps": {"loguniform": [1.0, 0.1]}}}, "search.eps.loguniform: low must be < high"),
-    "unknown scheduler": ({"scheduler": {"kind": "pbt"}}, "scheduler: Input tag 'pbt'"),
+    "unknown scheduler": ({"scheduler": {"kind": "hyperband"}}, "scheduler: Input tag 'hyperband'"),
     "metric not reported": ({"scheduler": {"metric": "accuracy"}}, "scheduler.metric: not reported at every epoch"),
     "metric not reported every epoch": (
         {"scheduler": {"metric": "test_acc"}}, "scheduler.metric: not reported at every epoch (got 'test_acc'"

@@ -46,6 +46,14 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
 IDENTITY = ("config_id", "seed", "repeat", "dataset", "network", "width")
 # what the Ray Train worker adds to the trainer's metrics in each report
 WORKER_EXTRAS = ("train_samples_by_rank", "pid_by_rank", "reported_at")
+# Population-based sweeps (PBT, PB2) only, in every row: where the trial's weights came from. On the first epoch
+# after an exploit, the trial whose checkpoint the segment started from and that checkpoint's epoch (the row's epoch
+# is donor_epoch + 1); null on every other row. Epochs may repeat or jump in a trial's rows across an exploit.
+LINEAGE = ("donor_trial_id", "donor_epoch")
+# In every row: where the trial's best-validation weights (safetensors) stood at that epoch's checkpoint; null at an
+# epoch without a checkpoint. The file may be a donor's (a PBT trial inherits its donor's best with its weights).
+BEST_WEIGHTS = "best_weights"
+TRIAL_FILES = "trial_files"  # <experiment>/trial_files/<trial_id>/: a trial's own files (identity, best weights)
 # Ray Tune's own keys in result.json that are not measurements (time_total_s is kept: the wall-time formula)
 TUNE_BOOKKEEPING = frozenset({
     "config", "date", "hostname", "node_ip", "pid", "timestamp", "done", "checkpoint_dir_name", "time_since_restore",
@@ -169,7 +177,8 @@ def epochs_frame(records: Sequence[TrialRecord]) -> pd.DataFrame:
     columns = list(dict.fromkeys(k for row in rows for k in row)) or ["trial_id", "epoch"]
     frame = pd.DataFrame(rows, columns=columns)
     empty = [c for c in frame.columns if frame[c].isna().all()]
-    return frame.astype({"trial_id": str, "epoch": "int64", **dict.fromkeys(empty, float)})
+    lineage = {"donor_epoch": "Int64"} if "donor_epoch" in frame and "donor_epoch" not in empty else {}
+    return frame.astype({"trial_id": str, "epoch": "int64", **dict.fromkeys(empty, float), **lineage})
 
 
 def _hyperparameters(record: TrialRecord) -> dict[str, Any]:
