@@ -64,7 +64,7 @@ DOMAINS: dict[str, Callable[[tuple[Any, ...]], Any]] = {
     "loguniform": lambda v: tune.loguniform(*v),
 }
 FINISHED = (Trial.TERMINATED, Trial.ERROR)
-IDENTITY_FILE = "identity.json"  # in <experiment>/trial_files/<trial_id>/: the trial's identity as first computed
+IDENTITY_FILE = "identity.json"  # in <experiment>/by_trial/<trial_id>/: the trial's identity as first computed
 REPORTED_FILE = "reported.json"  # beside it: the last epoch handed to Tune (re-run epochs are not reported twice)
 BEST_DIR = "best"  # beside it: the trial's best-validation weights
 
@@ -87,7 +87,7 @@ def checkpoint_epochs(sweep: SweepConfig) -> tuple[int, ...]:
 
 
 def trial_file(experiment: str, trial_id: str, *names: str) -> str:
-    """<experiment>/trial_files/<trial_id>/<names>: a trial's own files."""
+    """<experiment>/by_trial/<trial_id>/<names>: a trial's own files."""
     return storage.join(experiment, TRIAL_FILES, trial_id, *names)
 
 
@@ -139,7 +139,10 @@ class ReportToTune(ray.train.UserCallback):
         if checkpoint is not None:
             row["checkpoint_path"] = checkpoint.path  # as Ray's TuneReportCallback adds it
         forwarded = checkpoint if self.checkpoints else None
-        ray.get(self.relay.put.remote((row, forwarded), wait=forwarded is not None))
+        try:
+            ray.get(self.relay.put.remote((row, forwarded), wait=forwarded is not None))
+        except ray.exceptions.RayActorError:  # the trial is being stopped (ASHA, a PBT pause): Tune removed the
+            return  # placement group that held the relay; this controller goes down with the trial next
         self.floor = row["epoch"]
         storage.write_text(self.reported, json.dumps({"epoch": self.floor}))
 

@@ -53,7 +53,8 @@ LINEAGE = ("donor_trial_id", "donor_epoch")
 # In every row: where the trial's best-validation weights (safetensors) stood at that epoch's checkpoint; null at an
 # epoch without a checkpoint. The file may be a donor's (a PBT trial inherits its donor's best with its weights).
 BEST_WEIGHTS = "best_weights"
-TRIAL_FILES = "trial_files"  # <experiment>/trial_files/<trial_id>/: a trial's own files (identity, best weights)
+TRIAL_FILES = "by_trial"  # <experiment>/by_trial/<trial_id>/: a trial's own files (identity, best weights); not
+# "trial_...": Tune names its trial folders trial_<id>
 # Ray Tune's own keys in result.json that are not measurements (time_total_s is kept: the wall-time formula)
 TUNE_BOOKKEEPING = frozenset({
     "config", "date", "hostname", "node_ip", "pid", "timestamp", "done", "checkpoint_dir_name", "time_since_restore",
