@@ -17,7 +17,6 @@ workers inside a segment from the segment's own latest checkpoint.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import math
@@ -42,6 +41,7 @@ from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 from alignmixup.console import ConfigError
 from tune_jobs import pin_ray_address, storage
 from tune_jobs.config import POPULATION, Param, SweepConfig, experiment_path, trial_settings, validate
+from tune_jobs.relay import Relay, ReportToTune
 from tune_jobs.scheduler import RecordedASHA, milestones
 from tune_jobs.schema import (
     IDENTITY,
@@ -104,51 +104,12 @@ def pinned_identity(experiment: str, trial_id: str, report: dict[str, Any]) -> d
     return report
 
 
-@ray.remote(num_cpus=0)
-class Relay:
-    """Hands the Train controller's reports to the Tune trial function one at a time, and says when one is done."""
+def relay_reports(trainer: TorchTrainer, relay: Any, reported: str) -> None:
+    """Fit the Train run in a thread and tune.report what the controller hands over, until the run ends.
 
-    def __init__(self) -> None:
-        self.items: asyncio.Queue = asyncio.Queue(maxsize=1)
-        self.acks: asyncio.Queue = asyncio.Queue()
-
-    async def put(self, item: Any, wait: bool) -> None:
-        await self.items.put(item)
-        if wait:
-            await self.acks.get()
-
-    async def get(self) -> Any:
-        return await self.items.get()
-
-    async def ack(self) -> None:
-        await self.acks.put(None)
-
-
-class ReportToTune(ray.train.UserCallback):
-    """In the Train controller: each new epoch's report (rank 0's metrics) goes to the trial function; under PBT
-    with its checkpoint, and the controller waits until Tune has copied it (Train may delete it two checkpoints
-    later). An epoch at or below `floor` was reported before a restart from an earlier checkpoint: dropped."""
-
-    def __init__(self, relay: Any, floor: int, reported: str, checkpoints: bool) -> None:
-        self.relay, self.floor, self.reported, self.checkpoints = relay, floor, reported, checkpoints
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        row = dict(metrics[0])
-        if row["epoch"] <= self.floor:
-            return
-        if checkpoint is not None:
-            row["checkpoint_path"] = checkpoint.path  # as Ray's TuneReportCallback adds it
-        forwarded = checkpoint if self.checkpoints else None
-        try:
-            ray.get(self.relay.put.remote((row, forwarded), wait=forwarded is not None))
-        except ray.exceptions.RayActorError:  # the trial is being stopped (ASHA, a PBT pause): Tune removed the
-            return  # placement group that held the relay; this controller goes down with the trial next
-        self.floor = row["epoch"]
-        storage.write_text(self.reported, json.dumps({"epoch": self.floor}))
-
-
-def relay_reports(trainer: TorchTrainer, relay: Any) -> None:
-    """Fit the Train run in a thread and tune.report what the controller hands over, until the run ends."""
+    After each report returns (Tune has logged the row), its epoch goes to `reported`: the floor of a later start
+    of the trial. Written after, not before: a row Tune never received must be reported again, not lost.
+    """
     done, box = "__train_run_finished__", {}
 
     def fit() -> None:
@@ -166,6 +127,7 @@ def relay_reports(trainer: TorchTrainer, relay: Any) -> None:
                                                                                     checkpoint.filesystem))
         if checkpoint is not None:
             ray.get(relay.ack.remote())
+        storage.write_text(reported, json.dumps({"epoch": row["epoch"]}))
     if "error" in box:
         raise box["error"]
 
@@ -210,10 +172,10 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], experiment: str) ->
             storage_path=storage.join(experiment, TRAIN_RUNS),
             failure_config=ray.train.FailureConfig(max_failures=sw.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            callbacks=[ReportToTune(relay, floor, reported, checkpoints=population)],
+            callbacks=[ReportToTune(relay, floor, checkpoints=population)],
         ),
     )
-    relay_reports(trainer, relay)
+    relay_reports(trainer, relay, reported)
 
 
 def trainable(sweep: SweepConfig, experiment: str) -> Any:
