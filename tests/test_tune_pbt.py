@@ -233,21 +233,24 @@ def test_best_exports_weights_that_reproduce_the_test_accuracy_and_a_schedule_th
             correct += int((model(x).argmax(1) == y).sum())
             total += len(y)
     assert 100.0 * correct / total == summary["test_acc"] == chosen.rows[-1]["best_val_test_acc"]
-    # a trial whose model changed hyperparameters: its schedule, replayed by alignmixup-train, gives the same
-    # alpha and eps at every epoch
-    replayed = next(b for t in trials["trial_id"] if (b := best.of_trial(trials, epochs, t, "val_acc", "max"))
-                    and best.train_config(validate(json.loads((experiment / "sweep.json").read_text())), b).schedule)
+    # the exported schedule (or, when the best trial's model kept its hyperparameters, the schedule of a trial whose
+    # model changed them), replayed by alignmixup-train, gives the same alpha and eps at every epoch
     sweep = validate(json.loads((experiment / "sweep.json").read_text()))
-    config = tmp_path / "replay.json"
-    schedule = best.train_config(sweep, replayed)
-    config.write_text(schedule.model_dump_json())
-    epochs = schedule.schedule[-1].from_epoch  # up to its last change: every segment takes force (and less time)
-    done = subprocess.run([sys.executable, "-m", "alignmixup", "--config", str(config), "--epochs", str(epochs),
+    config = export / "train_config.json"
+    replayed, schedule = chosen, cfg
+    if not cfg.schedule:
+        replayed = next(b for t in trials["trial_id"] if (b := best.of_trial(trials, epochs, t, "val_acc", "max"))
+                        and best.train_config(sweep, b).schedule)
+        schedule = best.train_config(sweep, replayed)
+        config = tmp_path / "replay.json"
+        config.write_text(schedule.model_dump_json())
+    length = schedule.schedule[-1].from_epoch  # up to its last change: every segment takes force (and less time)
+    done = subprocess.run([sys.executable, "-m", "alignmixup", "--config", str(config), "--epochs", str(length),
                            "--output-dir", str(tmp_path / "replay")], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     with open(tmp_path / "replay" / "metrics.csv") as fh:
         metrics = list(csv.DictReader(fh))
     assert [(int(m["epoch"]), float(m["alpha"]), float(m["eps"])) for m in metrics] == [
-        (r["epoch"], r["hp_alpha"], r["hp_eps"]) for r in replayed.rows[:epochs]]
+        (r["epoch"], r["hp_alpha"], r["hp_eps"]) for r in replayed.rows[:length]]
     assert len({float(m["alpha"]) for m in metrics}) > 1
