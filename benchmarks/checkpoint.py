@@ -8,10 +8,10 @@ optimiser holds its momentum buffers), as tune_jobs.worker writes it:
 - upload: copying that folder into the storage directory (pyarrow's copy_files, what Ray Train's upload does for
   local storage): paid inside report with SYNC, in a background thread with ASYNC;
 - best_weights: one best-weights file (safetensors, atomic write): paid at a checkpoint only when the best changed.
-Timed side by side in --rounds interleaved rounds. With --ray, one Ray Train run (1 CPU worker) per upload mode
-also checkpoints every "epoch" of --epoch-s seconds (a sleep: a GPU epoch leaves the host mostly idle) and
-measures how long each epoch's report blocks training: ray.train.report(..., checkpoint_upload_mode=SYNC|ASYNC),
-and a report without a checkpoint as the baseline.
+Timed side by side in --rounds interleaved rounds. With --ray, one Ray Train run (1 CPU worker)
+reports every "epoch" of --epoch-s seconds (a sleep: a GPU epoch leaves the host mostly idle), the three modes
+taking turns epoch by epoch: no checkpoint, save + ray.train.report(checkpoint_upload_mode=SYNC), save +
+report(ASYNC); the figure is how long that blocks training.
 
     python -m benchmarks.checkpoint --rounds 5 --ray            # this CPU: host-side costs
     python -m benchmarks.checkpoint --device cuda --rounds 10 --ray
@@ -68,6 +68,7 @@ def pieces(trainer, root: Path) -> dict[str, Any]:
 
     def upload() -> None:
         target = storage_dir / f"checkpoint_{len(made)}"
+        target.mkdir()  # as Ray creates the checkpoint's directory, then copies into it
         pafs.copy_files(str(source), str(target), source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=pafs.LocalFileSystem())
         shutil.rmtree(target)
@@ -91,16 +92,20 @@ def pieces(trainer, root: Path) -> dict[str, Any]:
     return {"fns": fns, "sizes": sizes}
 
 
+MODES = ("none", "sync", "async")
+
+
 def _ray_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: epochs of config["epoch_s"] seconds, each reported (with a checkpoint unless 'none')."""
+    """One Ray Train worker: epochs of config["epoch_s"] seconds, each reported, the modes taking turns epoch by
+    epoch (side by side): no checkpoint, a checkpoint uploaded synchronously, one uploaded asynchronously."""
     import ray.train
 
     from tune_jobs.worker import CHECKPOINT_FILE
 
     trainer = trained_state(torch.device(config["device"]), config["width"])
-    mode = config["mode"]
-    blocked = []
-    for epoch in range(1, config["epochs"] + 1):
+    blocked: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for epoch in range(len(MODES) * config["rounds"]):
+        mode = MODES[epoch % len(MODES)]
         time.sleep(config["epoch_s"])
         start = time.perf_counter()
         if mode == "none":
@@ -111,33 +116,35 @@ def _ray_loop(config: dict[str, Any]) -> None:
             upload = ray.train.CheckpointUploadMode.ASYNC if mode == "async" else ray.train.CheckpointUploadMode.SYNC
             ray.train.report({"epoch": epoch}, checkpoint=ray.train.Checkpoint.from_directory(folder),
                              checkpoint_upload_mode=upload, delete_local_checkpoint_after_upload=True)
-        blocked.append(time.perf_counter() - start)
+        blocked[mode].append(time.perf_counter() - start)
     Path(config["out"]).write_text(json.dumps(blocked))
 
 
 def through_ray(args: argparse.Namespace, device: torch.device, root: Path) -> list[dict[str, Any]]:
-    """Per mode, how long each epoch's report blocked the worker (the first epoch, which warms up, left out)."""
+    """Per mode, how long an epoch's report (with the checkpoint's save) blocked the worker; the first round, which
+    warms up, left out."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
-    rows = []
+    out = root / "ray.json"
     try:
-        for mode in ("none", "sync", "async"):
-            out = root / f"ray-{mode}.json"
-            TorchTrainer(
-                _ray_loop,
-                train_loop_config={"mode": mode, "epochs": args.ray_epochs, "epoch_s": args.epoch_s,
-                                   "width": args.width, "device": device.type, "out": str(out)},
-                scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=device.type == "cuda"),
-                run_config=ray.train.RunConfig(name=f"bench-{mode}", storage_path=str(root / "ray"),
-                                               checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
-            ).fit()
-            blocked = json.loads(out.read_text())[1:]
-            rows.append({"mode": mode, **{f"report_{k}_s": v for k, v in stats(blocked).items()}})
+        TorchTrainer(
+            _ray_loop,
+            train_loop_config={"rounds": args.ray_rounds + 1, "epoch_s": args.epoch_s, "width": args.width,
+                               "device": device.type, "out": str(out)},
+            scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=device.type == "cuda"),
+            run_config=ray.train.RunConfig(name="bench", storage_path=str(root / "ray"),
+                                           checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        ).fit()
     finally:
         ray.shutdown()
+    blocked = json.loads(out.read_text())
+    rows = []
+    for mode in MODES:
+        figures = stats(blocked[mode][1:])
+        rows.append({"mode": mode, "epochs": figures.pop("n"), **{f"report_{k}_s": v for k, v in figures.items()}})
     return rows
 
 
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--ray", action="store_true", help="also report through Ray Train, SYNC vs ASYNC")
-    parser.add_argument("--ray-epochs", type=int, default=6)
+    parser.add_argument("--ray-rounds", type=int, default=5, help="epochs per mode in the --ray run")
     parser.add_argument("--epoch-s", type=float, default=2.0, help="the simulated epoch of the --ray runs")
     add_common_args(parser)
     args = parser.parse_args(argv)
@@ -174,8 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         "upload runs in Ray's background thread), before = every epoch with the best weights inside, synchronous",
         "upload: pyarrow copy_files to a local storage directory (an object store adds its network time to SYNC "
         "only); best_weights: paid at a checkpoint only when the best validation accuracy changed",
-        f"--ray: 1 Ray Train worker, an epoch = sleep {args.epoch_s} s, report blocking time per epoch (median), "
-        "the first epoch left out",
+        f"--ray: 1 Ray Train worker, an epoch = sleep {args.epoch_s} s, the modes in turn epoch by epoch; blocking "
+        "time = save + report, medians over --ray-rounds epochs per mode (the first round left out)",
     ]
     save("checkpoint", device, args, {"pieces": rows, "sizes": made["sizes"], "per_checkpoint": per_checkpoint,
                                       "ray": ray_rows}, notes)

@@ -25,10 +25,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import REPO, SWEEP_TIMEOUT_S, TuneCli
+from conftest import REPO, SMALL_SWEEP, SWEEP_TIMEOUT_S, TuneCli
 
 import alignmixup
 from alignmixup.config import TrainConfig
+from alignmixup.console import ConfigError
 from alignmixup.data import load_splits
 from alignmixup.trainer import Trainer
 from tune_jobs import best
@@ -254,3 +255,101 @@ def test_best_exports_weights_that_reproduce_the_test_accuracy_and_a_schedule_th
     assert [(int(m["epoch"]), float(m["alpha"]), float(m["eps"])) for m in metrics] == [
         (r["epoch"], r["hp_alpha"], r["hp_eps"]) for r in replayed.rows[:length]]
     assert len({float(m["alpha"]) for m in metrics}) > 1
+
+
+# ----------------------------------------------------------------------------------- without a Ray cluster
+
+
+def pbt_with(**change: Any) -> dict[str, Any]:
+    """PBT_SWEEP with top-level keys replaced; `scheduler` entries are merged into it."""
+    out = json.loads(json.dumps(PBT_SWEEP))
+    for key, value in change.items():
+        out[key] = {**out[key], **value} if key == "scheduler" else value
+    return out
+
+
+BAD_POPULATIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "optuna": ({"search_alg": "optuna", "search": {"cost_scaling": "mean"}}, "search_alg: pbt needs random search"),
+    "repeats": ({"repeats": 2}, "repeats: pbt evolves each trial's configuration"),
+    "pb2 choice": ({"scheduler": {"kind": "pb2"}}, "scheduler.mutations.lr: PB2 explores numeric ranges only"),
+    "pb2 layers": ({"scheduler": {"kind": "pb2", "mutations": {"alpha": {"uniform": [0.5, 2.0]},
+                                                               "mix_layers": {"choice": ["0,4", "4"]}}}},
+                   "scheduler.mutations.mix_layers: PB2 explores numeric ranges only"),
+    "fixed mutation": ({"scheduler": {"mutations": {"alpha": 2.0}}},
+                       "scheduler.mutations.alpha: a mutation is a choice or a uniform/loguniform range"),
+    "unknown mutation": ({"scheduler": {"mutations": {"weight_decay": {"choice": [1e-4, 5e-4]}}}},
+                         "scheduler.mutations.weight_decay: Extra inputs are not permitted"),
+    "no mutation": ({"scheduler": {"mutations": {}}}, "scheduler.mutations: a population-based schedule needs"),
+    "bad layer": ({"scheduler": {"mutations": {"lr": {"choice": [0.1]}, "mix_layers": {"choice": ["0,4", "0,5"]}}}},
+                  "scheduler.mutations.mix_layers: preactresnet18 has layers 0..4 (0 = input), got 5"),
+    "interval": ({"scheduler": {"perturbation_interval": 6}}, "scheduler.perturbation_interval: must be < max_t (6)"),
+    "quantile": ({"scheduler": {"quantile_fraction": 0.6}}, "scheduler.quantile_fraction: Input should be less"),
+    "one trial": ({"search": {"lr": 0.1, "cost_scaling": "mean"}, "scheduler": {"mutations": {"lr": {
+        "choice": [0.1, 0.2]}}}}, "num_samples: a pbt population needs at least 2 trials"),
+    "not at once": ({"max_concurrent_trials": 2}, "max_concurrent_trials: pbt needs the whole population at once (4"),
+    "searched, not mutated": ({"search": {"lr": {"grid": [0.1, 0.2]}, "weight_decay": {"choice": [1e-4, 5e-4]}}},
+                              "search.weight_decay: under pbt an exploit copies the donor's weight_decay"),
+    "mutated in train": ({"train": {**PBT_SWEEP["train"], "alpha": 2.0}},
+                         "scheduler.mutations.alpha: also set in train"),
+    "checkpoint_every 0": ({"checkpoint_every": 0}, "checkpoint_every: Input should be greater than or equal to 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_POPULATIONS))
+def test_bad_population_configs_name_the_key(case: str) -> None:
+    change, message = BAD_POPULATIONS[case]
+    with pytest.raises(ConfigError) as err:
+        validate(pbt_with(**change))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_checkpoint_epochs_cover_milestones_perturbations_and_the_last_epoch() -> None:
+    from tune_jobs.driver import checkpoint_epochs
+
+    asha = {"kind": "asha", "max_t": 100, "grace_period": 5, "reduction_factor": 3}
+    sweep = validate({**SMALL_SWEEP, "scheduler": asha, "checkpoint_every": 20})
+    assert checkpoint_epochs(sweep) == (5, 15, 20, 40, 45, 60, 80, 100)  # ASHA's rungs 5, 15, 45 and every 20
+    pbt = validate(pbt_with(scheduler={"max_t": 9, "perturbation_interval": 3}, checkpoint_every=4))
+    assert checkpoint_epochs(pbt) == (3, 4, 6, 8, 9)
+    fifo = validate({**SMALL_SWEEP, "scheduler": {"kind": "fifo", "max_t": 3}, "checkpoint_every": 10})
+    assert checkpoint_epochs(fifo) == (3,)  # every 10: only the last epoch of a 3-epoch trial
+
+
+def test_population_schedulers_decide_at_perturbation_epochs_only(monkeypatch) -> None:
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+    from ray.tune.search.sample import Domain
+
+    from tune_jobs import driver
+
+    pbt = driver.scheduler(validate(pbt_with()), "unused", fits=True)
+    assert isinstance(pbt, PopulationBasedTraining)
+    mutations = pbt._hyperparam_mutations  # what Ray explores: choices as lists, ranges as Tune domains
+    assert mutations["lr"] == [0.0005, 0.001, 0.05, 0.1, 0.2] and isinstance(mutations["alpha"], Domain)
+    assert driver.within_bounds({"alpha": (0.2, 4.0)}, {"alpha": 4.8, "lr": 9.0}) == {"alpha": 4.0, "lr": 9.0}
+    calls = []
+    monkeypatch.setattr(PopulationBasedTraining, "on_trial_result",
+                        lambda self, controller, trial, result: calls.append(result["epoch"]) or TrialScheduler.PAUSE)
+    assert [pbt.on_trial_result(None, None, {"epoch": e}) for e in range(1, MAX_T + 1)] == ["CONTINUE"] * MAX_T
+    assert calls == [2, 4]  # Ray decides at multiples of perturbation_interval, not at the last epoch
+    crowded = driver.scheduler(validate(pbt_with()), "unused", fits=False)
+    assert crowded.on_trial_result(None, None, {"epoch": 2}) == TrialScheduler.PAUSE  # Ray's own pause kept
+    pb2 = driver.scheduler(validate(pbt_with(scheduler={
+        "kind": "pb2", "mutations": {"alpha": {"uniform": [0.5, 2.0]}, "lr": {"loguniform": [0.01, 0.2]}}})),
+        "unused")
+    assert pb2._hyperparam_bounds == {"alpha": [0.5, 2.0], "lr": [0.01, 0.2]}
+
+
+def test_quickstart_pbt_fits_two_cores_and_checkpoints_at_every_perturbation() -> None:
+    from tune_jobs import presets
+    from tune_jobs.driver import checkpoint_epochs
+
+    sweep = validate(presets.load_raw("quickstart-pbt")[0])
+    s = sweep.scaling
+    assert sweep.scheduler.kind == "pbt" and sweep.trials() == 4 and s.num_workers == 2 and not s.use_gpu
+    assert sweep.trials() * (s.trial_cpus + s.num_workers * s.cpus_per_worker) <= 2
+    assert set(sweep.mutated()) == {"alpha", "eps", "lr", "mix_layers"}
+    perturbations = set(range(sweep.scheduler.perturbation_interval, sweep.scheduler.max_t,
+                              sweep.scheduler.perturbation_interval))
+    assert perturbations <= set(checkpoint_epochs(sweep))
+    gpu = validate(presets.load_raw("cifar10-preactresnet18-pbt")[0])
+    assert gpu.scaling.use_gpu and gpu.trials() * gpu.scaling.gpus_per_worker == 4  # the population on 4 GPUs
