@@ -53,7 +53,7 @@ class CheckpointPlan:
 
     epochs: the epochs that get a checkpoint. best_dir: the trial's folder of best-validation weights. run: the
     Train run's name (unique per segment under PBT). keep_all_best: never delete best-weights files (PBT: any
-    checkpoint Tune keeps may be a donor's, and refers to one). asynchronous: Ray's background upload.
+    checkpoint Tune keeps may be a donor's, and refers to one).
     """
 
     trial_id: str
@@ -61,7 +61,6 @@ class CheckpointPlan:
     epochs: tuple[int, ...]
     best_dir: str
     keep_all_best: bool
-    asynchronous: bool = True
 
 
 class _DropPerReportLines(logging.Filter):
@@ -211,8 +210,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Ray Train's asynchronous upload (public alpha in 2.60): report returns at once and a background thread
         # uploads the folder, so the next epoch trains meanwhile; https://docs.ray.io/en/latest/train/user-guides/
         # checkpoints.html#asynchronous-checkpoint-uploading
-        mode = ray.train.CheckpointUploadMode.ASYNC if plan.asynchronous else ray.train.CheckpointUploadMode.SYNC
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                         checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True)
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                         delete_local_checkpoint_after_upload=True)
 
     trainer.fit(on_epoch=report)
