@@ -218,7 +218,7 @@ class Pbt(_Population):
 
     kind: Literal["pbt"]
     resample_probability: float = Field(0.25, ge=0, le=1)
-    perturbation_factors: tuple[float, float] = (1.2, 0.8)
+    perturbation_factors: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (1.2, 0.8)
 
 
 class Pb2(_Population):
