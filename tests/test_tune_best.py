@@ -61,7 +61,7 @@ def hp(sweep: config.SweepConfig, **sampled: Any) -> dict[str, Any]:
 
 def row(epoch: int, val: float, at: float, hps: dict[str, Any], ident: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"epoch": epoch, "val_acc": val, "best_val_acc": val, "best_val_test_acc": None, "reported_at": at,
-            "time_total_s": at, "best_weights": None, "donor_trial_id": None, "donor_epoch": None,
+            "time_total_s": at, "best_weights_file": None, "donor_trial_id": None, "donor_epoch": None,
             **hps, **ident, **extra}
 
 
@@ -99,11 +99,11 @@ def pbt_experiment(tmp_path: Path, trained: dict[str, Any]) -> dict[str, Any]:
     a_best = weights_file(tmp_path / "w" / "a-e2.safetensors", trained, 2)
     b_best = weights_file(tmp_path / "w" / "b-e3.safetensors", trained, 3)
     rows = {
-        "a_00000": [row(1, 50.0, 1, ha, ia), row(2, 70.0, 2, ha, ia, best_weights=a_best), row(3, 72.0, 3, ha, ia),
-                    row(4, 71.0, 5, ha, ia, best_weights=a_best, best_val_test_acc=69.0)],
-        "b_00001": [row(1, 20.0, 1, hb, ib), row(2, 30.0, 2, hb, ib, best_weights="gone"),
+        "a_00000": [row(1, 50.0, 1, ha, ia), row(2, 70.0, 2, ha, ia, best_weights_file=a_best), row(3, 72.0, 3, ha, ia),
+                    row(4, 71.0, 5, ha, ia, best_weights_file=a_best, best_val_test_acc=69.0)],
+        "b_00001": [row(1, 20.0, 1, hb, ib), row(2, 30.0, 2, hb, ib, best_weights_file="gone"),
                     row(3, 85.0, 4, explored, ib, donor_trial_id="a_00000", donor_epoch=2),
-                    row(4, 84.0, 6, explored, ib, best_weights=b_best, best_val_test_acc=trained["test_acc"])],
+                    row(4, 84.0, 6, explored, ib, best_weights_file=b_best, best_val_test_acc=trained["test_acc"])],
     }
     rows["b_00001"][-1]["best_val_acc"] = 85.0
     return {"experiment": write_experiment(tmp_path / "exp", sweep, rows), "sweep": sweep, "a": ha,
@@ -183,7 +183,7 @@ def test_with_repeats_the_best_configuration_by_its_mean_then_its_best_seed(tmp_
     for trial, alpha, seed, vals in [("x0", 1.0, 10, [60, 90]), ("x1", 1.0, 11, [70, 80]),
                                      ("y0", 2.0, 20, [80, 88]), ("y1", 2.0, 21, [85, 87])]:
         hps, ident = hp(sweep, alpha=alpha), identity(seed, f"c{alpha}")
-        rows[trial] = [row(e, v, e, hps, ident, best_weights=files[trial]) for e, v in enumerate(vals, start=1)]
+        rows[trial] = [row(e, v, e, hps, ident, best_weights_file=files[trial]) for e, v in enumerate(vals, start=1)]
     assert cli.main(["best", str(write_experiment(tmp_path / "exp", sweep, rows))]) == 0
     out = capsys.readouterr().out
     assert out.startswith("best trial y0: val_acc 88 at epoch 2")  # x0 alone has 90, but x's mean is 85 < 87.5

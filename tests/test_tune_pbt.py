@@ -35,7 +35,7 @@ from alignmixup.trainer import Trainer
 from tune_jobs import best
 from tune_jobs.cli import EXIT_INTERRUPTED
 from tune_jobs.config import validate
-from tune_jobs.schema import BEST_WEIGHTS
+from tune_jobs.schema import BEST_WEIGHTS_FILE
 from tune_jobs.worker import CHECKPOINT_FILE, META_FILE, load_best
 
 MAX_T = 6
@@ -125,7 +125,7 @@ def test_exploits_restart_from_the_donor_with_the_explored_hyperparameters(pbt_r
             donor = epochs[(epochs["trial_id"] == first["donor_trial_id"]) & (epochs["epoch"] == first["donor_epoch"])
                            & (epochs["reported_at"] < first["reported_at"])].iloc[-1]
             assert first["epoch"] == first["donor_epoch"] + 1  # the epoch counter continues from the donor's
-            assert first["donor_epoch"] % 2 == 0 and isinstance(donor[BEST_WEIGHTS], str)  # a checkpointed epoch
+            assert first["donor_epoch"] % 2 == 0 and isinstance(donor[BEST_WEIGHTS_FILE], str)  # a checkpointed epoch
             # the trainer's history is the donor's: the best so far is the donor's or this epoch's
             assert first["best_val_acc"] == max(first["val_acc"], donor["best_val_acc"])
             for name in MUTATED:  # every epoch of the segment trains with the explored values
@@ -184,7 +184,7 @@ def test_first_epoch_after_an_exploit_is_the_plain_trainer_s_from_the_donor_chec
     out = tmp_path / "epoch.json"
     meta = json.loads((folder / META_FILE).read_text())
     mp.spawn(_replay_epoch, args=(port, cfg.model_dump(mode="json"), str(folder / CHECKPOINT_FILE),
-                                  meta[BEST_WEIGHTS], str(out)), nprocs=2, join=True)
+                                  meta[BEST_WEIGHTS_FILE], str(out)), nprocs=2, join=True)
     plain = json.loads(out.read_text())
     assert plain["epoch"] == first["epoch"]
     for name in ("val_acc", "val_loss", "train_loss", "best_val_acc", "lr", "alpha", "eps"):

@@ -9,7 +9,7 @@ FIFO a lineage is simply the trial's rows.
 
 Each trial is scored by the sweep's metric over its lineage (max or min by its mode); with repeats, the best
 configuration is the one with the best mean score over its seeds, and its best seed's trial is shown. The
-trial's best-validation weights are the file its last checkpointed lineage row names (`best_weights`), its
+trial's best-validation weights are the file its last checkpointed lineage row names (`best_weights_file`), its
 TrainConfig is rebuilt from the rows' hyperparameters and seed, and under PBT the hyperparameters that changed
 along the lineage become the TrainConfig's `schedule`, which `alignmixup-train --config` replays.
 """
@@ -29,10 +29,10 @@ from alignmixup.config import TrainConfig
 from alignmixup.console import ConfigError
 from tune_jobs import storage
 from tune_jobs.config import MUTABLE, SweepConfig, parse_layers
-from tune_jobs.schema import BEST_WEIGHTS, EPOCHS_TABLE, HP_PREFIX, LINEAGE, TRIALS_TABLE
+from tune_jobs.schema import BEST_WEIGHTS_FILE, DONOR_COLUMNS, EPOCHS_TABLE, HP_PREFIX, TRIALS_TABLE
 
 BEST_FILE = "best.json"  # in an export: how the trial was chosen, its lineage and where its weights came from
-DONOR, DONOR_EPOCH = LINEAGE
+DONOR, DONOR_EPOCH = DONOR_COLUMNS
 
 
 class LineageError(ValueError):
@@ -151,7 +151,7 @@ def choose(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, mode: str, r
 
 def weights_location(rows: list[dict[str, Any]]) -> str | None:
     """The best-validation weights of a lineage: the file its last checkpointed row refers to."""
-    return next((r[BEST_WEIGHTS] for r in reversed(rows) if not _missing(r.get(BEST_WEIGHTS))), None)
+    return next((r[BEST_WEIGHTS_FILE] for r in reversed(rows) if not _missing(r.get(BEST_WEIGHTS_FILE))), None)
 
 
 def _hp(row: dict[str, Any], name: str) -> Any:

@@ -44,9 +44,10 @@ from tune_jobs.config import POPULATION, Param, SweepConfig, experiment_path, tr
 from tune_jobs.relay import Relay, ReportToTune
 from tune_jobs.scheduler import RecordedASHA, milestones
 from tune_jobs.schema import (
+    BEST_WEIGHTS,
     IDENTITY,
     TRAIN_RUNS,
-    TRIAL_FILES,
+    TRIAL_STATE,
     TrialRecord,
     epochs_frame,
     read_rows,
@@ -64,9 +65,6 @@ DOMAINS: dict[str, Callable[[tuple[Any, ...]], Any]] = {
     "loguniform": lambda v: tune.loguniform(*v),
 }
 FINISHED = (Trial.TERMINATED, Trial.ERROR)
-IDENTITY_FILE = "identity.json"  # in <experiment>/by_trial/<trial_id>/: the trial's identity as first computed
-REPORTED_FILE = "reported.json"  # beside it: the last epoch handed to Tune (re-run epochs are not reported twice)
-BEST_DIR = "best"  # beside it: the trial's best-validation weights
 
 
 def trial_dirname(trial: Trial) -> str:
@@ -86,29 +84,44 @@ def checkpoint_epochs(sweep: SweepConfig) -> tuple[int, ...]:
     return tuple(sorted(epochs))
 
 
-def trial_file(experiment: str, trial_id: str, *names: str) -> str:
-    """<experiment>/by_trial/<trial_id>/<names>: a trial's own files."""
-    return storage.join(experiment, TRIAL_FILES, trial_id, *names)
-
-
-def pinned_identity(experiment: str, trial_id: str, report: dict[str, Any]) -> dict[str, Any]:
-    """`report` with the trial's identity (config_id, seed, ...) as its first invocation computed it.
+class TrialState:
+    """<experiment>/by_trial/<trial_id>.json, kept by the trial's function across its starts (retries, resumes,
+    PBT segments): the trial's identity as first computed, and the last epoch Tune logged for it.
 
     An exploit gives a trial another configuration, not another identity: it keeps its seed (so a clone does not
-    train in lockstep with its donor) and the config_id of the configuration it started from.
+    train in lockstep with its donor) and the config_id of the configuration it started from. The last epoch logged
+    is the floor below which a restart's re-run epochs are not reported again.
     """
-    location = trial_file(experiment, trial_id, IDENTITY_FILE)
-    if storage.is_file(location):
-        return {**report, **storage.read_json(location)}
-    storage.write_text(location, json.dumps({k: report[k] for k in IDENTITY}))
-    return report
+
+    def __init__(self, experiment: str, trial_id: str) -> None:
+        self.location = storage.join(experiment, TRIAL_STATE, f"{trial_id}.json")
+        self.state = storage.read_json(self.location) if storage.is_file(self.location) else {"reported": 0}
+
+    def identity(self, report: dict[str, Any]) -> dict[str, Any]:
+        """`report` with the trial's first identity (stored the first time)."""
+        if "identity" not in self.state:
+            self.state["identity"] = {k: report[k] for k in IDENTITY}
+            self._write()
+        return {**report, **self.state["identity"]}
+
+    @property
+    def reported(self) -> int:
+        return int(self.state["reported"])
+
+    @reported.setter
+    def reported(self, epoch: int) -> None:
+        self.state["reported"] = epoch
+        self._write()
+
+    def _write(self) -> None:
+        storage.write_text(self.location, json.dumps(self.state))
 
 
-def relay_reports(trainer: TorchTrainer, relay: Any, reported: str) -> None:
+def relay_reports(trainer: TorchTrainer, relay: Any, state: TrialState) -> None:
     """Fit the Train run in a thread and tune.report what the controller hands over, until the run ends.
 
-    After each report returns (Tune has logged the row), its epoch goes to `reported`: the floor of a later start
-    of the trial. Written after, not before: a row Tune never received must be reported again, not lost.
+    After each report returns (Tune has logged the row), its epoch is stored as the trial's last one reported: the
+    floor of a later start. Stored after, not before: a row Tune never received must be reported again, not lost.
     """
     done, box = "__train_run_finished__", {}
 
@@ -127,7 +140,7 @@ def relay_reports(trainer: TorchTrainer, relay: Any, reported: str) -> None:
                                                                                     checkpoint.filesystem))
         if checkpoint is not None:
             ray.get(relay.ack.remote())
-        storage.write_text(reported, json.dumps({"epoch": row["epoch"]}))
+        state.reported = row["epoch"]
     if "error" in box:
         raise box["error"]
 
@@ -138,12 +151,12 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], experiment: str) ->
     trial_id = tune.get_context().get_trial_id()
     sampled = {k: v for k, v in config.items() if k != REPEAT_KEY}
     cfg, identity = trial_settings(sw, sampled, int(config.get(REPEAT_KEY, 0)))
-    identity = pinned_identity(experiment, trial_id, identity)
+    state = TrialState(experiment, trial_id)
+    identity = state.identity(identity)
     cfg = cfg.model_copy(update={"seed": identity["seed"]})
     population = sw.scheduler.kind in POPULATION
     loop: dict[str, Any] = {"train": cfg.model_dump(mode="json"), "identity": identity}
-    reported = trial_file(experiment, trial_id, REPORTED_FILE)
-    floor = storage.read_json(reported)["epoch"] if storage.is_file(reported) else 0
+    floor = state.reported
     if population:
         start = tune.get_checkpoint()  # None, the trial's own latest (pause, retry, restore) or a donor's (exploit)
         loop["start_checkpoint"] = start and ray.train.Checkpoint(start.path, start.filesystem)
@@ -155,7 +168,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], experiment: str) ->
     # PBT: a fresh run per segment, which starts from loop["start_checkpoint"]
     run = f"train-{trial_id}" + (f"-{uuid.uuid4().hex[:8]}" if population else "")
     loop["plan"] = asdict(CheckpointPlan(trial_id=trial_id, run=run, epochs=checkpoint_epochs(sw),
-                                         best_dir=trial_file(experiment, trial_id, BEST_DIR),
+                                         best_dir=storage.join(experiment, BEST_WEIGHTS, trial_id),
                                          keep_all_best=population))
     s = sw.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": s.gpus_per_worker} if s.use_gpu else {})}
@@ -175,7 +188,7 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], experiment: str) ->
             callbacks=[ReportToTune(relay, floor, checkpoints=population)],
         ),
     )
-    relay_reports(trainer, relay, reported)
+    relay_reports(trainer, relay, state)
 
 
 def trainable(sweep: SweepConfig, experiment: str) -> Any:

@@ -28,6 +28,9 @@ DECISIONS_TABLE = "decisions.parquet"
 SWEEP_FILE = "sweep.json"
 SCHEDULER_STATE = "scheduler_state.json"  # the early-stopping scheduler's rungs, kept across interruptions
 TRAIN_RUNS = "train_runs"  # <experiment>/train_runs/train-<trial_id>/checkpoint_*: each trial's Ray Train run
+# <experiment>/best_weights/<trial_id>/<train run>-e<epoch>.safetensors: a trial's best-validation weights, a file
+# per change (written at a checkpoint, before it); rows name the current one (BEST_WEIGHTS_FILE)
+BEST_WEIGHTS = "best_weights"
 RESULT_FILE = "result.json"  # Ray Tune's per-trial log of reported rows (one JSON object per line)
 EXPERIMENT_STATE = "experiment_state-"  # Ray Tune's experiment state files: experiment_state-<time>.json
 HP_PREFIX = "hp_"  # a hyperparameter's column, in every report and in the trials table: hp_<name>
@@ -46,15 +49,14 @@ HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
 IDENTITY = ("config_id", "seed", "repeat", "dataset", "network", "width")
 # what the Ray Train worker adds to the trainer's metrics in each report
 WORKER_EXTRAS = ("train_samples_by_rank", "pid_by_rank", "reported_at")
-# Population-based sweeps (PBT, PB2) only, in every row: where the trial's weights came from. On the first epoch
-# after an exploit, the trial whose checkpoint the segment started from and that checkpoint's epoch (the row's epoch
-# is donor_epoch + 1); null on every other row. Epochs may repeat or jump in a trial's rows across an exploit.
-LINEAGE = ("donor_trial_id", "donor_epoch")
-# In every row: where the trial's best-validation weights (safetensors) stood at that epoch's checkpoint; null at an
-# epoch without a checkpoint. The file may be a donor's (a PBT trial inherits its donor's best with its weights).
-BEST_WEIGHTS = "best_weights"
-TRIAL_FILES = "by_trial"  # <experiment>/by_trial/<trial_id>/: a trial's own files (identity, best weights); not
-# "trial_...": Tune names its trial folders trial_<id>
+# population-based sweeps: the trial whose checkpoint the current segment started from and that checkpoint's epoch
+# (null while a trial continues its own checkpoints; set on the first epoch after an exploit, whose epoch is
+# donor_epoch + 1). In every row of a PBT or PB2 sweep; a trial's epochs may repeat or jump across an exploit.
+DONOR_COLUMNS = ("donor_trial_id", "donor_epoch")
+# In every row: the file holding the trial's best-validation weights as of that epoch's checkpoint (null at an epoch
+# without one). After an exploit it may be the donor's, until the trial improves on it.
+BEST_WEIGHTS_FILE = "best_weights_file"
+TRIAL_STATE = "by_trial"  # <experiment>/by_trial/<trial_id>.json: a trial's identity, the last epoch Tune logged
 # Ray Tune's own keys in result.json that are not measurements (time_total_s is kept: the wall-time formula)
 TUNE_BOOKKEEPING = frozenset({
     "config", "date", "hostname", "node_ip", "pid", "timestamp", "done", "checkpoint_dir_name", "time_since_restore",

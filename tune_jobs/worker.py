@@ -35,7 +35,7 @@ from alignmixup.data import prepare_data
 from alignmixup.trainer import EpochMetrics, Trainer
 from alignmixup.weights import read_weights, weights_bytes
 from tune_jobs import storage
-from tune_jobs.schema import BEST_WEIGHTS, LINEAGE
+from tune_jobs.schema import BEST_WEIGHTS_FILE, DONOR_COLUMNS
 
 CHECKPOINT_FILE = "checkpoint.pt"
 META_FILE = "meta.json"  # beside checkpoint.pt: the trial that wrote it, its epoch, where its best weights are
@@ -170,8 +170,8 @@ def restore(trainer: Trainer, checkpoint: ray.train.Checkpoint) -> dict[str, Any
     meta = read_meta(checkpoint)
     with checkpoint.as_directory() as folder:
         trainer.load_checkpoint(Path(folder) / CHECKPOINT_FILE)
-    if meta[BEST_WEIGHTS] is not None:
-        load_best(trainer, meta[BEST_WEIGHTS])
+    if meta[BEST_WEIGHTS_FILE] is not None:
+        load_best(trainer, meta[BEST_WEIGHTS_FILE])
     return meta
 
 
@@ -184,28 +184,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     trainer = Trainer(cfg, device=ray.train.torch.get_device())
     own = ray.train.get_checkpoint()  # this Train run's latest: Ray restarted the worker group
     start = own or config.get("start_checkpoint")
-    meta = restore(trainer, start) if start is not None else {BEST_WEIGHTS: None}
-    best = BestWeights(plan, trainer, meta[BEST_WEIGHTS])
+    meta = restore(trainer, start) if start is not None else {BEST_WEIGHTS_FILE: None}
+    best = BestWeights(plan, trainer, meta[BEST_WEIGHTS_FILE])
     # The first epoch after an exploit says whose checkpoint it started from (PBT lineage; null on other rows).
     lineage: dict[str, Any] | None = None
     if "lineage" in config:
-        lineage = dict.fromkeys(LINEAGE)
+        lineage = dict.fromkeys(DONOR_COLUMNS)
         if own is None and config["lineage"] is not None:
             lineage = dict(config["lineage"])
 
     def report(m: EpochMetrics) -> None:
         nonlocal lineage
-        metrics = {**epoch_report(m, config["identity"]), BEST_WEIGHTS: None}
+        metrics = {**epoch_report(m, config["identity"]), BEST_WEIGHTS_FILE: None}
         if lineage is not None:
             metrics.update(lineage)
-            lineage = dict.fromkeys(LINEAGE)
+            lineage = dict.fromkeys(DONOR_COLUMNS)
         if m.epoch not in plan.epochs or trainer.rank != 0:
             ray.train.report(metrics)
             return
-        metrics[BEST_WEIGHTS] = best.record()  # the best weights first, then the checkpoint that refers to them
+        metrics[BEST_WEIGHTS_FILE] = best.record()  # the best weights first, then the checkpoint that refers to them
         folder = tempfile.mkdtemp(prefix="alignmixup-checkpoint-")  # outlives report: Ray uploads it, then deletes it
         trainer.save_checkpoint(Path(folder) / CHECKPOINT_FILE, with_best=False)
-        meta = {"trial_id": plan.trial_id, "run": plan.run, "epoch": m.epoch, BEST_WEIGHTS: metrics[BEST_WEIGHTS]}
+        meta = {"trial_id": plan.trial_id, "run": plan.run, "epoch": m.epoch,
+                BEST_WEIGHTS_FILE: metrics[BEST_WEIGHTS_FILE]}
         Path(folder, META_FILE).write_text(json.dumps(meta))
         # Ray Train's asynchronous upload (public alpha in 2.60): report returns at once and a background thread
         # uploads the folder, so the next epoch trains meanwhile; https://docs.ray.io/en/latest/train/user-guides/
