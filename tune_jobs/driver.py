@@ -21,7 +21,10 @@ import functools
 import json
 import math
 import os
+import queue
+import shutil
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -118,12 +121,15 @@ class TrialState:
 
 
 def relay_reports(trainer: TorchTrainer, relay: Any, state: TrialState) -> None:
-    """Fit the Train run in a thread and tune.report what the controller hands over, until the run ends.
+    """Fit the Train run in a thread and tune.report what its controller hands over, until the run ends.
 
-    After each report returns (Tune has logged the row), its epoch is stored as the trial's last one reported: the
-    floor of a later start. Stored after, not before: a row Tune never received must be reported again, not lost.
+    A second thread takes each report from the relay at once, first copying its checkpoint (if any) to a local
+    folder, which Tune copies into the trial's folder when it takes the report: training never waits for Tune's
+    driver, only for that copy. After each report returns (Tune has logged the row) its epoch is stored as the
+    trial's last one reported, the floor of a later start: after, not before, so that a row Tune never received is
+    reported again rather than lost.
     """
-    done, box = "__train_run_finished__", {}
+    done, box, rows = "__train_run_finished__", {}, queue.Queue()
 
     def fit() -> None:
         try:
@@ -133,13 +139,27 @@ def relay_reports(trainer: TorchTrainer, relay: Any, state: TrialState) -> None:
         finally:
             relay.put.remote(done, wait=False)
 
+    def take() -> None:
+        try:
+            while (item := ray.get(relay.get.remote())) != done:
+                row, checkpoint = item
+                staged = None
+                if checkpoint is not None:
+                    staged = checkpoint.to_directory(tempfile.mkdtemp(prefix="alignmixup-tune-checkpoint-"))
+                    relay.ack.remote()
+                rows.put((row, staged))
+        except BaseException as exc:
+            box.setdefault("error", exc)
+        finally:
+            rows.put(done)
+
     threading.Thread(target=fit, daemon=True, name="train-run").start()
-    while (item := ray.get(relay.get.remote())) != done:
-        row, checkpoint = item
-        tune.report(row, checkpoint=None if checkpoint is None else tune.Checkpoint(checkpoint.path,
-                                                                                    checkpoint.filesystem))
-        if checkpoint is not None:
-            ray.get(relay.ack.remote())
+    threading.Thread(target=take, daemon=True, name="train-reports").start()
+    while (item := rows.get()) != done:
+        row, staged = item
+        tune.report(row, checkpoint=None if staged is None else tune.Checkpoint.from_directory(staged))
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
         state.reported = row["epoch"]
     if "error" in box:
         raise box["error"]

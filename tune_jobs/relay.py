@@ -16,10 +16,11 @@ import ray.train
 
 @ray.remote(num_cpus=0)
 class Relay:
-    """Hands the Train controller's reports to the Tune trial function one at a time, and says when one is done."""
+    """Hands the Train controller's reports to the Tune trial function, in order; for a report with a checkpoint,
+    the controller waits until the trial function says it has its own copy."""
 
     def __init__(self) -> None:
-        self.items: asyncio.Queue = asyncio.Queue(maxsize=1)
+        self.items: asyncio.Queue = asyncio.Queue()
         self.acks: asyncio.Queue = asyncio.Queue()
 
     async def put(self, item: Any, wait: bool) -> None:
@@ -36,8 +37,9 @@ class Relay:
 
 class ReportToTune(ray.train.UserCallback):
     """In the Train controller: each new epoch's report (rank 0's metrics) goes to the trial function; under PBT
-    with its checkpoint, and the controller waits until Tune has copied it (Train may delete it two checkpoints
-    later). An epoch at or below `floor` was reported before a restart from an earlier checkpoint: dropped."""
+    with its checkpoint, and the controller waits until the function has copied it (Train deletes it two
+    checkpoints later, and Tune may be slower than that to take the report). An epoch at or below `floor` was
+    reported before a restart from an earlier checkpoint: dropped."""
 
     def __init__(self, relay: Any, floor: int, checkpoints: bool) -> None:
         self.relay, self.floor, self.checkpoints = relay, floor, checkpoints
