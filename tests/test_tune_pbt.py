@@ -1,4 +1,5 @@
-"""One real PBT sweep (4 trials of 2-worker gloo DDP on digits), interrupted by SIGINT and resumed, then exported.
+"""One real PBT sweep (4 trials of 2-worker gloo DDP on digits, its own local Ray cluster through the CLI),
+interrupted by SIGINT and resumed, then exported.
 
 Checked against oracles outside the code under test: Ray's own PBT log (pbt_global.txt: each exploit's donor and
 explored configuration), a plain 2-rank DDP re-run of an exploit's first epoch from the donor's checkpoint with the
@@ -25,7 +26,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import REPO, SMALL_SWEEP, SWEEP_TIMEOUT_S, TuneCli
+import yaml
 
 import alignmixup
 from alignmixup.config import TrainConfig
@@ -38,6 +39,8 @@ from tune_jobs.config import validate
 from tune_jobs.schema import BEST_WEIGHTS_FILE
 from tune_jobs.worker import CHECKPOINT_FILE, META_FILE, load_best
 
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_TIMEOUT_S = 900
 MAX_T = 6
 PBT_SWEEP: dict[str, Any] = {
     "description": "test sweep: PBT of 4 trials of 2-worker DDP on digits, perturbations at epochs 2 and 4",
@@ -60,13 +63,28 @@ PBT_SWEEP: dict[str, Any] = {
 MUTATED = ("alpha", "eps", "lr", "mix_layers")
 
 
+def tune_cli(root: Path, *args: str) -> subprocess.Popen:
+    """`python -m tune_jobs ARGS` from the repository root on a local Ray cluster of its own, output in pbt.log."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    with open(root / "pbt.log", "ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", "tune_jobs", *args], cwd=REPO, env=env, stdout=fh,
+                                stderr=subprocess.STDOUT)
+
+
+def log_tail(root: Path) -> str:
+    return (root / "pbt.log").read_text(errors="replace")[-3000:]
+
+
 @pytest.fixture(scope="module")
-def pbt_run(tune_cli: TuneCli) -> dict[str, Any]:
+def pbt_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run the sweep; SIGINT it once Ray has logged an exploit and every trial has a checkpoint; resume it."""
-    config = tune_cli.write_sweep(PBT_SWEEP, "pbt")
-    experiment = tune_cli.root / "runs" / "pbt"
+    root = tmp_path_factory.mktemp("pbt")
+    config = root / "pbt.yaml"
+    config.write_text(yaml.safe_dump(PBT_SWEEP))
+    experiment = root / "runs" / "pbt"
     start = time.monotonic()
-    proc = tune_cli.start("run", str(config), "--storage", str(tune_cli.root / "runs"), "--name", "pbt", log="pbt.log")
+    proc = tune_cli(root, "run", str(config), "--storage", str(root / "runs"), "--name", "pbt")
 
     def exploited_and_checkpointed() -> bool:
         log = experiment / "pbt_global.txt"
@@ -74,13 +92,18 @@ def pbt_run(tune_cli: TuneCli) -> dict[str, Any]:
         return (log.is_file() and bool(log.read_text().strip()) and len(trials) == 4
                 and all(any(t.glob("checkpoint_*/" + META_FILE)) for t in trials))
 
-    tune_cli.wait(proc, exploited_and_checkpointed, "an exploit", SWEEP_TIMEOUT_S)
+    deadline = time.monotonic() + SWEEP_TIMEOUT_S
+    while not exploited_and_checkpointed():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.send_signal(signal.SIGINT)
+            pytest.fail(f"no exploit before the sweep ended or timed out ({proc.poll()}): {log_tail(root)}")
+        time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=180) == EXIT_INTERRUPTED, tune_cli.log("pbt.log")[-3000:]
+    assert proc.wait(timeout=180) == EXIT_INTERRUPTED, log_tail(root)
     interrupted = pd.read_parquet(experiment / "epochs.parquet")
     resumed_at = time.time()
-    proc = tune_cli.start("resume", str(experiment), log="pbt.log")
-    assert proc.wait(timeout=SWEEP_TIMEOUT_S) == 0, tune_cli.log("pbt.log")[-3000:]
+    proc = tune_cli(root, "resume", str(experiment))
+    assert proc.wait(timeout=SWEEP_TIMEOUT_S) == 0, log_tail(root)
     return {"experiment": experiment, "before": interrupted, "resumed_at": resumed_at,
             "seconds": time.monotonic() - start}
 
@@ -306,12 +329,13 @@ def test_bad_population_configs_name_the_key(case: str) -> None:
 def test_checkpoint_epochs_cover_milestones_perturbations_and_the_last_epoch() -> None:
     from tune_jobs.driver import checkpoint_epochs
 
+    plain = {k: v for k, v in PBT_SWEEP.items() if k not in ("search", "scheduler")}
     asha = {"kind": "asha", "max_t": 100, "grace_period": 5, "reduction_factor": 3}
-    sweep = validate({**SMALL_SWEEP, "scheduler": asha, "checkpoint_every": 20})
+    sweep = validate({**plain, "scheduler": asha, "checkpoint_every": 20})
     assert checkpoint_epochs(sweep) == (5, 15, 20, 40, 45, 60, 80, 100)  # ASHA's rungs 5, 15, 45 and every 20
     pbt = validate(pbt_with(scheduler={"max_t": 9, "perturbation_interval": 3}, checkpoint_every=4))
     assert checkpoint_epochs(pbt) == (3, 4, 6, 8, 9)
-    fifo = validate({**SMALL_SWEEP, "scheduler": {"kind": "fifo", "max_t": 3}, "checkpoint_every": 10})
+    fifo = validate({**plain, "scheduler": {"kind": "fifo", "max_t": 3}, "checkpoint_every": 10})
     assert checkpoint_epochs(fifo) == (3,)  # every 10: only the last epoch of a 3-epoch trial
 
 
