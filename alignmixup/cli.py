@@ -1,12 +1,14 @@
 """`alignmixup-train`: one training run from the command line, with the release's own flags accepted.
 
 Settings come from a recipe (--preset, else the published recipe of the data set and network, else the quick
-digits recipe), then the flags given. Writes <output-dir>/metrics.csv (one row per epoch), checkpoint.pt
-(every epoch, atomically; everything needed to resume) and best.pt (the best epoch's weights: best validation
-accuracy, or best test accuracy under the release's protocol, --val-fraction 0). `--resume` continues a run
-with the settings it was started with. `--tracking` also logs the run to TensorBoard, MLflow and/or W&B
-(alignmixup.tracking; tracking.json keeps their run ids, which a resume continues). Bad input exits with code 2 and
-one line naming the flag.
+digits recipe) or a whole TrainConfig file (--config: JSON or YAML, such as the train_config.json that
+`alignmixup-tune best --export` writes, with a population-based sweep's schedule), then the flags given.
+Writes <output-dir>/metrics.csv (one row per epoch), checkpoint.pt (every epoch, atomically; everything
+needed to resume) and best.pt (the best epoch's weights: best validation accuracy, or best test accuracy under
+the release's protocol, --val-fraction 0). `--resume` continues a run with the settings it was started with.
+`--tracking` also logs the run to TensorBoard, MLflow and/or W&B (alignmixup.tracking; tracking.json keeps their
+run ids, which a resume continues). `--evaluate CHECKPOINT` evaluates a saved model without training. Bad input
+exits with code 2 and one line naming the flag.
 """
 
 from __future__ import annotations
@@ -37,16 +39,16 @@ FLAGS = {
     "weight_decay": "--weight-decay", "lr_schedule": "--lr-schedule", "milestones": "--schedule",
     "gammas": "--gammas", "method": "--method", "alpha": "--alpha", "mix_layers": "--mix-layers",
     "sinkhorn.eps": "--eps", "sinkhorn.max_iter": "--sinkhorn-max-iter", "sinkhorn.stop": "--sinkhorn-stop",
-    "sinkhorn.tol": "--sinkhorn-tol", "sinkhorn.cost_scaling": "--cost-scaling", "sinkhorn.compiled": "--sinkhorn-compiled",
-    "val_fraction": "--val-fraction",
+    "sinkhorn.tol": "--sinkhorn-tol", "sinkhorn.cost_scaling": "--cost-scaling",
+    "sinkhorn.compiled": "--sinkhorn-compiled", "val_fraction": "--val-fraction",
     "seed": "--seed", "device": "--device", "eval_test": "--eval-test", "threads": "--threads",
     "subset": "--subset", "loader_workers": "--workers", "amp": "--amp", "channels_last": "--channels-last",
     "compile": "--compile", "nesterov": "--nesterov", "split_seed": "--split-seed",
 }
 SINKHORN_ARGS = {"eps": "eps", "sinkhorn_max_iter": "max_iter", "sinkhorn_stop": "stop", "sinkhorn_tol": "tol",
                  "cost_scaling": "cost_scaling", "sinkhorn_compiled": "compiled"}
-NOT_CONFIG = {"preset", "train_dir", "val_dir", "mini_imagenet", "num_classes", "output_dir", "resume", "ngpu",
-              "tracking", "evaluate", "evaluations", "evaluation_images", *SINKHORN_ARGS}
+NOT_CONFIG = {"preset", "config", "train_dir", "val_dir", "mini_imagenet", "num_classes", "output_dir", "resume",
+              "ngpu", "tracking", "evaluate", "evaluations", "evaluation_images", *SINKHORN_ARGS}
 # flags that may accompany --evaluate: where the data is and what runs it, and which evaluations; nothing else
 EVALUATE_MAY_SET = frozenset({"data_dir", "device", "threads", "loader_workers", "amp", "channels_last"})
 EVALUATIONS = ("calibration", "fgsm", "pgd")
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig.model_fields
     p.add_argument("--preset", choices=sorted(RECIPES), help="a recipe (the six published ones, or the quick "
                    "digits run); other flags override it")
+    p.add_argument("--config", type=Path, metavar="FILE", help="a TrainConfig as JSON or YAML (e.g. the "
+                   "train_config.json of `alignmixup-tune best --export`, with its schedule); other flags override it")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help="default: digits (or what the release's flags imply)")
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", type=Path)
@@ -203,7 +207,9 @@ def config_from_args(args: argparse.Namespace, stored: dict[str, Any] | None = N
     """
     given = given_values(args)
     if stored is not None:
-        resumed, changed = _validate(stored), _validate({**stored, **given})
+        if args.config is not None:
+            raise ConfigError("argument --config: a resumed run keeps the settings it started with; drop --config")
+        resumed, changed = _validate(stored), _validate(_merged(stored, given))
         old, new = resumed.model_dump(), changed.model_dump()
         keys = [f"sinkhorn.{k}" for k in given.get("sinkhorn", {})] + [k for k in given if k != "sinkhorn"]
         for key in keys:
@@ -214,13 +220,17 @@ def config_from_args(args: argparse.Namespace, stored: dict[str, Any] | None = N
                                   "them)")
         cfg = changed
     else:
-        if args.preset:
+        if args.config is not None:
+            if args.preset:
+                raise ConfigError("argument --config: give --config or --preset, not both")
+            base = read_config_file(args.config)
+        elif args.preset:
             base = dict(RECIPES[args.preset])
         else:
             base = recipe_for(given.get("dataset", "digits"), given.get("network"))
             if given.get("dataset") == "imagenet" or base.get("dataset") == "imagenet":
                 base.setdefault("network", "resnet50")
-        cfg = _validate({**base, **given})
+        cfg = _validate(_merged(base, given))
     if args.num_classes is not None:
         from alignmixup.data import SPECS
 
@@ -228,6 +238,29 @@ def config_from_args(args: argparse.Namespace, stored: dict[str, Any] | None = N
             raise ConfigError(f"argument --num_classes: {cfg.dataset} has {SPECS[cfg.dataset].num_classes} classes "
                               f"(got {args.num_classes})")
     return cfg
+
+
+def _merged(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """base's values overridden by the flags given; a Sinkhorn flag replaces that one setting, not the others."""
+    merged = {**base, **given}
+    if isinstance(base.get("sinkhorn"), dict) and "sinkhorn" in given:
+        merged["sinkhorn"] = {**base["sinkhorn"], **given["sinkhorn"]}
+    return merged
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TrainConfig values stored in a JSON or YAML file (validated by the caller)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"argument --config: cannot read {path} ({exc.strerror})") from None
+    except yaml.YAMLError:
+        raise ConfigError(f"argument --config: {path} is neither JSON nor YAML") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"argument --config: {path} must hold a mapping of TrainConfig fields")
+    return raw
 
 
 def _lookup(values: dict[str, Any], dotted: str) -> Any:
@@ -247,7 +280,11 @@ def command_line(cfg: TrainConfig) -> list[str]:
 
     Every field that differs from what the command line would otherwise choose (the recipe of the data set and
     network, and what follows from the flags already given, such as eval_test from val_fraction) is spelled out.
+    A config with a schedule has no flags for it: ValueError (save it as JSON and pass --config FILE instead).
     """
+    if cfg.schedule:
+        raise ValueError("schedule: a schedule cannot be spelt as alignmixup-train flags; write the TrainConfig as "
+                         "JSON and run alignmixup-train --config FILE")
     wanted = cfg.model_dump(mode="json")
     args = ["--dataset", cfg.dataset, "--network", cfg.network]
     if cfg.data_dir is not None:

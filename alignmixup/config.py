@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from alignmixup.models import MODELS
-from alignmixup.sinkhorn import CostScaling, StopRule, resolve_rule
+from alignmixup.sinkhorn import RULE_DEFAULTS, CostScaling, StopRule, resolve_rule
 
 Method = Literal["alignmixup", "mixup", "manifold", "erm"]
 Dataset = Literal["digits", "cifar10", "cifar100", "tinyimagenet", "imagenet"]
@@ -102,6 +102,11 @@ class SinkhornConfig(Strict):
         """The stop rule in force ('auto' resolved)."""
         return resolve_rule(self.stop, self.cost_scaling)
 
+    @property
+    def iteration_cap(self) -> int:
+        """The most iterations at the target eps: max_iter, else the rule's own (sinkhorn.RULE_DEFAULTS)."""
+        return self.max_iter if self.max_iter is not None else RULE_DEFAULTS[self.rule][1]
+
     def plan_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of sinkhorn.sinkhorn_plan these settings stand for."""
         return dict(eps=self.eps, max_iter=self.max_iter, stop=self.stop, tol=self.tol,
@@ -146,6 +151,29 @@ class EvaluationConfig(Strict):
         return self
 
 
+class ScheduleSegment(Strict):
+    """Hyperparameters in force from the 1-based epoch `from_epoch` on (a field left out keeps its earlier value).
+
+    `lr` is the base learning rate from that epoch on; the run's lr schedule (step or cosine) still applies to it,
+    as it does to a trial whose lr a population-based sweep mutated.
+    """
+
+    from_epoch: int = Field(ge=1)
+    alpha: float | None = Field(None, gt=0)
+    eps: float | None = Field(None, gt=0, le=1e3, description="Sinkhorn's entropic regularisation")
+    lr: float | None = Field(None, gt=0)
+    mix_layers: list[int] | None = None
+
+
+class InForce(Strict):
+    """The schedulable hyperparameters in force during one epoch."""
+
+    alpha: float
+    eps: float
+    lr: float
+    mix_layers: list[int]
+
+
 class TrainConfig(Strict):
     """Everything one run needs; the defaults are the release's CIFAR recipe on the digits set."""
 
@@ -188,6 +216,11 @@ class TrainConfig(Strict):
     )
     loader_workers: int = Field(8, ge=0, description="DataLoader workers (ImageNet only)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    schedule: list[ScheduleSegment] = Field(
+        default_factory=list,
+        description="hyperparameters that change during the run (e.g. a population-based sweep's best schedule): "
+                    "segments in ascending from_epoch; before the first one the fields above are in force",
+    )
 
     @property
     def validation_seed(self) -> int:
@@ -203,6 +236,15 @@ class TrainConfig(Strict):
     def num_stages(self) -> int:
         """Residual stages of the network: valid mixing layers are 0..num_stages."""
         return MODELS[self.network].num_stages
+
+    def in_force(self, epoch: int) -> InForce:
+        """alpha, eps, base lr and mixing layers in force during the 1-based `epoch` (the schedule applied)."""
+        values = {"alpha": self.alpha, "eps": self.sinkhorn.eps, "lr": self.lr, "mix_layers": self.mix_layers}
+        for segment in self.schedule:
+            if segment.from_epoch > epoch:
+                break
+            values.update(segment.model_dump(exclude={"from_epoch"}, exclude_none=True))
+        return InForce(**values)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -233,4 +275,24 @@ class TrainConfig(Strict):
                     f"eval_test: with val_fraction 0 the test split picks the best epoch, so it must be 'every' "
                     f"(got {self.eval_test!r})"
                 )
+        self._check_schedule()
         return self
+
+    def _check_schedule(self) -> None:
+        """Segments ascend within the run, and each one's values are valid as the fields they replace."""
+        previous = 0
+        for i, segment in enumerate(self.schedule):
+            if segment.from_epoch <= previous:
+                raise ValueError(f"schedule.{i}.from_epoch: segments must ascend (got {segment.from_epoch} after "
+                                 f"{previous})")
+            if segment.from_epoch > self.epochs:
+                raise ValueError(f"schedule.{i}.from_epoch: beyond the run's {self.epochs} epochs (got "
+                                 f"{segment.from_epoch})")
+            previous = segment.from_epoch
+            if segment.mix_layers is not None:
+                replaced = self.model_dump(exclude={"schedule"})
+                replaced["mix_layers"] = segment.mix_layers
+                try:
+                    TrainConfig.model_validate(replaced)
+                except ValidationError as exc:
+                    raise ValueError(f"schedule.{i}.{error_line(exc)}") from None

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from alignmixup import checkpoint
 from alignmixup.checkpoint import CheckpointError
-from alignmixup.config import TrainConfig
+from alignmixup.config import InForce, TrainConfig
 from alignmixup.console import ConfigError
 from alignmixup.data import load_splits, shard
 from alignmixup.evaluation import evaluation_totals, finalize, metric_names, rank_share
@@ -46,8 +46,9 @@ class EpochMetrics:
     val_*: None under the release's protocol (no validation split). test_acc: when the test split was evaluated
     (every epoch, or the last). best_test_acc: the best test_acc so far (the release's reported number).
     best_val_test_acc: at the last epoch, test top-1 of the best-validation weights. improved: this epoch set a
-    new best on the selecting split, so the best weights are this epoch's. sinkhorn_*: how far the plans of the
-    epoch's aligned batches converged, over all ranks (AlignMixup only).
+    new best on the selecting split, so the best weights are this epoch's. alpha, eps: the mixing hyperparameters in
+    force this epoch (TrainConfig.schedule may change them). sinkhorn_*: how far the plans of the epoch's aligned
+    batches converged, over all ranks (AlignMixup only).
     """
 
     epoch: int
@@ -61,6 +62,8 @@ class EpochMetrics:
     best_val_test_acc: float | None
     improved: bool
     lr: float
+    alpha: float
+    eps: float
     epoch_time_s: float
     images_per_s: float
     train_samples: int
@@ -99,8 +102,10 @@ def metric_columns(cfg: TrainConfig) -> list[str]:
         skip |= {"test_acc", "best_test_acc", "best_val_test_acc"}
     if cfg.device == "cpu":
         skip.add("gpu_mem_peak_gb")
-    if cfg.method != "alignmixup":
-        skip |= {"sinkhorn_iters", "sinkhorn_marginal_err"}
+    if cfg.method != "alignmixup":  # eps means nothing without aligned mixing, alpha nothing without mixing
+        skip |= {"eps", "sinkhorn_iters", "sinkhorn_marginal_err"}
+    if cfg.method == "erm":
+        skip.add("alpha")
     return [f.name for f in fields(EpochMetrics) if f.name not in skip] + evaluation_columns(cfg)
 
 
@@ -119,11 +124,12 @@ def every_epoch_metrics(cfg: TrainConfig) -> list[str]:
     return [c for c in metric_columns(cfg) if c not in sometimes]
 
 
-def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate of a 0-based epoch: the release's step schedule, or cosine to zero."""
+def lr_at(cfg: TrainConfig, epoch: int, base: float | None = None) -> float:
+    """Learning rate of a 0-based epoch: the release's step schedule, or cosine to zero, of `base` (cfg.lr)."""
+    base = cfg.lr if base is None else base
     if cfg.lr_schedule == "cosine":
-        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
-    lr = cfg.lr
+        return 0.5 * base * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+    lr = base
     for gamma, milestone in zip(cfg.gammas, cfg.milestones, strict=True):
         if epoch < milestone:
             break
@@ -196,7 +202,8 @@ class Trainer:
             self.model_without_ddp.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             nesterov=cfg.nesterov,
         )
-        self.mixer = Mixer(cfg.method, cfg.alpha, cfg.mix_layers, cfg.sinkhorn, self.device)
+        self.mixing = cfg.in_force(1)
+        self.mixer = self._mixer(self.mixing)
         self.autocast = torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda and cfg.amp)
         self.epoch = 0
         self.history: list[EpochMetrics] = []
@@ -230,7 +237,10 @@ class Trainer:
         on_batch(images) is called after each step (a progress bar; it must not read device values).
         """
         cfg, e = self.cfg, self.epoch
-        lr = lr_at(cfg, e)
+        hp = cfg.in_force(e + 1)
+        if hp != self.mixing:  # the schedule changed alpha, eps or the mixing layers
+            self.mixing, self.mixer = hp, self._mixer(hp)
+        lr = lr_at(cfg, e, base=hp.lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.mixer.seed(derive_seed(cfg.seed, e, self.rank, 1))
@@ -262,7 +272,7 @@ class Trainer:
         metrics = self._evaluate_epoch(
             train_loss=loss_total / max(step_total, 1.0), lr=lr, epoch_time_s=elapsed,
             images_per_s=sample_total / max(elapsed, 1e-9), train_samples=samples,
-            train_samples_global=int(sample_total), sinkhorn_iters=sinkhorn_iters,
+            train_samples_global=int(sample_total), alpha=hp.alpha, eps=hp.eps, sinkhorn_iters=sinkhorn_iters,
             sinkhorn_marginal_err=sinkhorn_err,
         )
         self.history.append(metrics)
@@ -312,6 +322,11 @@ class Trainer:
             seed=derive_seed(self.cfg.seed, self.epoch, self.rank, 3 if split == "val" else 4),
         )
         return {f"{split}_{name}": value for name, value in finalize(self._all_sum(totals), ev).items()}
+
+    def _mixer(self, hp: InForce) -> Mixer:
+        """A mixer drawing with the given alpha, Sinkhorn eps and mixing layers (reseeded at every epoch)."""
+        sinkhorn = self.cfg.sinkhorn.model_copy(update={"eps": hp.eps})
+        return Mixer(self.cfg.method, hp.alpha, hp.mix_layers, sinkhorn, self.device)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, BatchMix]:
         """One optimisation step on a batch: mixing draw, forward, mixed loss, backward, SGD update.

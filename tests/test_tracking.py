@@ -41,7 +41,7 @@ from alignmixup.cli import main
 from alignmixup.console import ConfigError
 from tune_jobs import tracking
 from tune_jobs.config import validate
-from tune_jobs.schema import best_weights_location
+from tune_jobs.schema import BEST_WEIGHTS_FILE
 
 # what a report holds that is not a measurement: Tune's bookkeeping, the trial's identity, the worker's extras
 NOT_METRICS = ("training_iteration", "timestamp", "time_this_iter_s", "time_since_restore", "iterations_since_restore",
@@ -112,7 +112,8 @@ def test_sweep_callback_logs_every_trial_to_three_trackers_across_a_resume(tmp_p
         assert run.data.params == {k: str(first[k]) for k in first if k.startswith("hp_") or k in (
             "config_id", "seed", "repeat", "dataset", "network", "width")}
         assert run.info.status == statuses[trial.status]
-        assert run.data.tags["best_weights"] == best_weights_location(str(experiment), tid)
+        best = trial.rows[-1][BEST_WEIGHTS_FILE]  # the file its last report names
+        assert best and run.data.tags["best_weights"] == best
         logged = set(run.data.metrics)
         assert {"val_acc", "train_loss", "lr", "val_loss", "time_total_s", "hp_alpha", "hp_eps"} <= logged
         assert not logged & set(NOT_METRICS)
@@ -124,7 +125,7 @@ def test_sweep_callback_logs_every_trial_to_three_trackers_across_a_resume(tmp_p
         hparams = tensorboard_hparams(folder)
         assert hparams["hp_alpha"] == pytest.approx(first["hp_alpha"]) and hparams["seed"] == first["seed"]
         assert hparams["hp_mix_layers"] == first["hp_mix_layers"] and hparams["config_id"] == first["config_id"]
-        assert tensorboard_text(folder, "best_weights") == best_weights_location(str(experiment), tid)
+        assert tensorboard_text(folder, "best_weights") == best
 
         wb = wandb_runs(folder)
         assert len(wb) == (2 if tid in cut else 1)  # a resumed W&B run continues in a new offline folder

@@ -5,6 +5,7 @@
     alignmixup-tune run cifar10-preactresnet18 --dry-run    # check everything it needs, start nothing
     alignmixup-tune resume runs/tune/quickstart-20261124-181500
     alignmixup-tune presets [NAME]
+    alignmixup-tune best runs/tune/quickstart-pbt-20261124-181500 --export best/   # weights, TrainConfig
 
 Configuration errors print one line naming the key and exit with code 2 before Ray is imported. A sweep in
 which every trial failed exits with code 1; an interrupted one with 130.
@@ -15,11 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from alignmixup.console import ConfigError, Parser, add_version, run_command
 from tune_jobs import api, config, preflight, presets, storage
 from tune_jobs.schema import HP_PREFIX
+from tune_jobs.tables import read_sweep
 
 if TYPE_CHECKING:
     from tune_jobs import driver as driver_types
@@ -51,6 +54,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a new local cluster)")
     ls = sub.add_parser("presets", help="list the shipped presets, or print one")
     ls.add_argument("name", nargs="?", help="print this preset's YAML")
+    b = sub.add_parser("best", help="the best trial: its weights, lineage and the command that reproduces it")
+    b.add_argument("experiment", metavar="EXPERIMENT_DIR")
+    b.add_argument("--export", type=Path, metavar="DIR", help="write its weights (model.safetensors), its "
+                   "TrainConfig (train_config.json, with its PBT schedule) and best.json to DIR")
+    b.add_argument("--metric", help="an epochs-table column (default: the sweep's scheduler metric)")
+    b.add_argument("--mode", choices=["max", "min"], help="(default: the sweep's)")
     return p
 
 
@@ -134,6 +143,12 @@ def run(argv: Sequence[str] | None) -> int:
     args = parser().parse_args(argv)
     if args.command == "presets":
         print(presets_text(args.name))
+        return 0
+    if args.command == "best":
+        from tune_jobs import best
+
+        experiment = api.experiment_location(args.experiment)
+        print(best.report(experiment, read_sweep(experiment), args.metric, args.mode, args.export))
         return 0
     if args.command == "run":
         sweep, experiment = prepare_run(args)

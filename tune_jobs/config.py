@@ -2,13 +2,16 @@
 
 A sweep names a base training recipe (`recipe`, one of alignmixup's recipes, plus `train` overrides), a search
 space over the hyperparameters in `tune_jobs.schema.HYPERPARAMETERS` (each fixed or a distribution), how many
-seeds each configuration trains under (`repeats`), the scheduler, the search algorithm, the failure policy, the
-storage and how each trial scales. Validation builds the trainer's own `TrainConfig` for every candidate value,
-so an error such as a mixing layer the network lacks is caught here, before any Ray process starts.
+seeds each configuration trains under (`repeats`), the scheduler (ASHA, FIFO, or a population-based schedule:
+PBT or PB2 with the `mutations` it explores), how often a trial checkpoints (`checkpoint_every`), the search
+algorithm, the failure policy, the storage and how each trial scales. Validation builds the trainer's own
+`TrainConfig` for every candidate value, so an error such as a mixing layer the network lacks is caught here,
+before any Ray process starts.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -41,7 +44,12 @@ SWEEP_OWNED = {
     "epochs": "scheduler.max_t",
 }
 LAYERS_TEXT = re.compile(r"^\d+(,\d+)*$")
-SCHEDULER_TAGS = frozenset({"asha", "fifo"})  # pydantic's union tags, not keys the user wrote
+SCHEDULER_TAGS = frozenset({"asha", "fifo", "pbt", "pb2"})  # pydantic's union tags, not keys the user wrote
+MUTABLE = ("alpha", "eps", "lr", "mix_layers")  # what a population-based schedule may change during a trial
+POPULATION = frozenset({"pbt", "pb2"})  # schedulers that evolve a population (exploit and explore)
+# Checkpoint every this many epochs by default (and always at ASHA's milestones, PBT's perturbations and the last
+# epoch): benchmarks/checkpoint.py measures what a checkpoint costs; benchmarks/README.md has the reasoning.
+CHECKPOINT_EVERY = 10
 
 
 def sweep_error(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
@@ -169,6 +177,72 @@ class Objective(Strict):
 
     metric: str
     mode: Literal["max", "min"]
+class Mutations(Strict):
+    """What a population-based schedule explores: a choice (shifted to a neighbour or resampled) or a numeric
+    range (multiplied by the perturbation factors or resampled, and kept within the range)."""
+
+    alpha: SearchParam | None = None
+    eps: SearchParam | None = None
+    lr: SearchParam | None = None
+    mix_layers: SearchParam | None = None
+
+    def params(self) -> dict[str, Param]:
+        """The hyperparameters mutated, by name."""
+        return {name: p for name in MUTABLE if (p := getattr(self, name)) is not None}
+
+    @model_validator(mode="after")
+    def _kinds(self) -> Mutations:
+        for name, p in self.params().items():
+            if p.kind not in RANDOM:
+                raise ValueError(f"{name}: a mutation is a choice or a uniform/loguniform range (got {p.kind})")
+            if p.kind in ("uniform", "loguniform") and name not in NUMERIC:
+                raise ValueError(f"{name}: {p.kind} needs a numeric hyperparameter; use choice")
+        if self.mix_layers is not None:
+            bad = [v for v in self.mix_layers.values if not LAYERS_TEXT.match(str(v))]
+            if bad:
+                raise ValueError(f"mix_layers: expected layer lists such as [0, 4] or \"0,4\" (got {bad[0]!r})")
+            self.mix_layers = Param(kind="choice", values=tuple(str(v) for v in self.mix_layers.values))
+        if not self.params():
+            raise ValueError(f"a population-based schedule needs at least one of {', '.join(MUTABLE)}")
+        return self
+
+
+class _Population(_Scheduler):
+    """Population-based training on `metric`: at every `perturbation_interval` epochs a trial in the bottom
+    `quantile_fraction` continues from the checkpoint of one in the top, with explored hyperparameters."""
+
+    perturbation_interval: int = Field(ge=1, description="epochs between exploit/explore decisions")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    mutations: Mutations
+
+    @model_validator(mode="after")
+    def _interval(self) -> _Population:
+        if self.perturbation_interval >= self.max_t:
+            raise ValueError(f"perturbation_interval: must be < max_t ({self.max_t}) for any exploit to happen "
+                             f"(got {self.perturbation_interval})")
+        return self
+
+
+class Pbt(_Population):
+    """Ray Tune's PopulationBasedTraining: random exploration of the mutations."""
+
+    kind: Literal["pbt"]
+    resample_probability: float = Field(0.25, ge=0, le=1)
+    perturbation_factors: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (1.2, 0.8)
+
+
+class Pb2(_Population):
+    """Ray Tune's PB2: a Gaussian-process bandit chooses the explored values within numeric ranges."""
+
+    kind: Literal["pb2"]
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Pb2:
+        for name, p in self.mutations.params().items():
+            if p.kind not in ("uniform", "loguniform"):
+                raise ValueError(f"mutations.{name}: PB2 explores numeric ranges only (got {p.kind}); give a "
+                                 "uniform range, or use kind pbt for a choice such as mixing layers")
+        return self
 
 
 class Scaling(Strict):
@@ -226,10 +300,12 @@ class SweepConfig(Strict):
     train: dict[str, Any] = Field(default_factory=dict)
     search: SearchSpace = Field(default_factory=SearchSpace)
     repeats: int = Field(1, ge=1, description="seeds each sampled configuration trains under")
-    scheduler: Asha | Fifo = Field(discriminator="kind")
+    scheduler: Asha | Fifo | Pbt | Pb2 = Field(discriminator="kind")
     objectives: list[Objective] | None = Field(
         None, min_length=2, description="multi-objective search (Optuna); the first is the one ASHA prunes on"
     )
+    checkpoint_every: int = Field(CHECKPOINT_EVERY, ge=1, description="epochs between a trial's checkpoints (also "
+                                  "at ASHA's milestones, PBT's perturbations and the last epoch)")
     search_alg: Literal["random", "optuna"] = "random"
     num_samples: int = Field(1, ge=1, description="configurations to sample (each trained `repeats` times)")
     max_concurrent_trials: int | None = Field(
@@ -247,6 +323,7 @@ class SweepConfig(Strict):
             if key in self.train:
                 raise ValueError(f"train.{key}: set by the sweep; use {where}")
         params = self.search.params()
+        self._check_population()
         for name, p in params.items():
             if _lookup(self.train, HYPERPARAMETERS[name]) is not None:
                 raise ValueError(f"search.{name}: also set in train; set it in one place")
@@ -263,7 +340,10 @@ class SweepConfig(Strict):
         for name, p in params.items():
             for value in p.values:
                 _check_value(base, name, value)
-        if self.num_samples > 1 and not any(p.kind in RANDOM for p in params.values()):
+        for name, p in self.mutated().items():
+            for value in p.values:
+                _check_value(base, name, value, where="scheduler.mutations")
+        if self.num_samples > 1 and not any(p.kind in RANDOM for p in self.space().values()):
             raise ValueError(f"num_samples: with nothing to sample, every sample repeats the same configurations "
                              f"(got {self.num_samples}); use repeats: {self.num_samples} to train each under "
                              f"{self.num_samples} seeds")
@@ -297,6 +377,48 @@ class SweepConfig(Strict):
                                  f"trial ends (got {objective.metric!r}; choose from {', '.join(sorted(at_every_end))};"
                                  " evaluation metrics need train.evaluation.kinds)")
 
+    def _check_population(self) -> None:
+        """What a population-based schedule needs: random search, a population that runs at once, no repeats."""
+        s = self.scheduler
+        if s.kind not in POPULATION:
+            return
+        if self.search_alg != "random":
+            raise ValueError(f"search_alg: {s.kind} needs random search (Tune's BasicVariantGenerator; PBT refuses "
+                             f"a search algorithm), got {self.search_alg!r}")
+        if self.repeats > 1:
+            raise ValueError(f"repeats: {s.kind} evolves each trial's configuration (an exploit copies another "
+                             f"trial's weights and hyperparameters), so repeats do not stay repeats (got "
+                             f"{self.repeats}); the population is num_samples trials, each with its own seed")
+        if self.trials() < 2:
+            raise ValueError(f"num_samples: a {s.kind} population needs at least 2 trials (num_samples times each "
+                             f"grid's size), got {self.trials()}")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < self.trials():
+            raise ValueError(f"max_concurrent_trials: {s.kind} needs the whole population at once ("
+                             f"{self.trials()} trials), got {self.max_concurrent_trials}")
+        for name, p in self.search.params().items():
+            if p.kind != "fixed" and name not in s.mutations.params():
+                raise ValueError(f"search.{name}: under {s.kind} an exploit copies the donor's {name}, so it would "
+                                 f"change along a trial's lineage unrecorded; fix it, or explore it in "
+                                 f"scheduler.mutations ({', '.join(MUTABLE)})")
+        for name in s.mutations.params():
+            if _lookup(self.train, HYPERPARAMETERS[name]) is not None:
+                raise ValueError(f"scheduler.mutations.{name}: also set in train; give its starting values in "
+                                 f"search.{name} (or leave them to be drawn from the mutation)")
+
+    def trials(self) -> int:
+        """How many trials the sweep runs: num_samples times each grid's size, times the repeats."""
+        return self.num_samples * self.repeats * math.prod(len(p.values) for p in self.space().values()
+                                                           if p.kind == "grid")
+
+    def mutated(self) -> dict[str, Param]:
+        """The hyperparameters a population-based schedule mutates ({} for ASHA and FIFO)."""
+        return self.scheduler.mutations.params() if self.scheduler.kind in POPULATION else {}
+
+    def space(self) -> dict[str, Param]:
+        """What each trial starts from: the search space, plus each mutated hyperparameter it leaves out (drawn
+        from its mutation, as Ray's PBT does)."""
+        return {**self.mutated(), **self.search.params()}
+
     def _base(self) -> dict[str, Any]:
         """TrainConfig values before the search: recipe, then `train`, then what the sweep owns.
 
@@ -317,7 +439,7 @@ class SweepConfig(Strict):
     def trial_config(self, hyperparameters: dict[str, Any], seed: int | None = None) -> TrainConfig:
         """The TrainConfig of a trial with these sampled values (the others at their first value) and seed."""
         base = self._base()
-        for name, p in self.search.params().items():
+        for name, p in self.space().items():
             _assign(base, name, hyperparameters.get(name, p.values[0]))
         if seed is not None:
             base["seed"] = seed
@@ -384,14 +506,14 @@ def _assign(base: dict[str, Any], name: str, value: Any) -> None:
     target[leaf] = parse_layers(value) if name == "mix_layers" and isinstance(value, str) else value
 
 
-def _check_value(base: dict[str, Any], name: str, value: Any) -> None:
-    """Raise `search.<name>: ...` if TrainConfig rejects this value."""
+def _check_value(base: dict[str, Any], name: str, value: Any, where: str = "search") -> None:
+    """Raise `<where>.<name>: ...` if TrainConfig rejects this value."""
     trial = {**base}
     try:
         _assign(trial, name, value)
         TrainConfig.model_validate(trial)
     except ValidationError as exc:
-        raise ValueError(f"search.{name}: {sweep_error(exc).split(': ', 1)[-1]}") from None
+        raise ValueError(f"{where}.{name}: {sweep_error(exc).split(': ', 1)[-1]}") from None
 
 
 # ----------------------------------------------------------------------------------- loading

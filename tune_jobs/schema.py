@@ -28,7 +28,9 @@ DECISIONS_TABLE = "decisions.parquet"
 SWEEP_FILE = "sweep.json"
 SCHEDULER_STATE = "scheduler_state.json"  # the early-stopping scheduler's rungs, kept across interruptions
 TRAIN_RUNS = "train_runs"  # <experiment>/train_runs/train-<trial_id>/checkpoint_*: each trial's Ray Train run
-BEST_WEIGHTS = "best_weights"  # <experiment>/best_weights/<trial_id>.pt: each trial's best-validation weights
+# <experiment>/best_weights/<trial_id>/<train run>-e<epoch>.safetensors: a trial's best-validation weights, a file
+# per change (written at a checkpoint, before it); rows name the current one (BEST_WEIGHTS_FILE)
+BEST_WEIGHTS = "best_weights"
 RESULT_FILE = "result.json"  # Ray Tune's per-trial log of reported rows (one JSON object per line)
 EXPERIMENT_STATE = "experiment_state-"  # Ray Tune's experiment state files: experiment_state-<time>.json
 HP_PREFIX = "hp_"  # a hyperparameter's column, in every report and in the trials table: hp_<name>
@@ -49,8 +51,13 @@ IDENTITY = ("config_id", "seed", "repeat", "dataset", "network", "width")
 REPORTED_AT = "reported_at"  # when the worker reported the row (orders reports across trials)
 WORKER_EXTRAS = ("train_samples_by_rank", "pid_by_rank", REPORTED_AT)
 # population-based sweeps: the trial whose checkpoint the current segment started from and that checkpoint's epoch
-# (null while a trial continues its own checkpoints; set on the first epoch after an exploit)
+# (null while a trial continues its own checkpoints; set on the first epoch after an exploit, whose epoch is
+# donor_epoch + 1). In every row of a PBT or PB2 sweep; a trial's epochs may repeat or jump across an exploit.
 DONOR_COLUMNS = ("donor_trial_id", "donor_epoch")
+# In every row: the file holding the trial's best-validation weights as of that epoch's checkpoint (null at an epoch
+# without one). After an exploit it may be the donor's, until the trial improves on it.
+BEST_WEIGHTS_FILE = "best_weights_file"
+TRIAL_STATE = "by_trial"  # <experiment>/by_trial/<trial_id>.json: a trial's identity, the last epoch Tune logged
 # the trainer's per-epoch Sinkhorn convergence (None/NaN in an epoch without an aligned batch)
 SINKHORN_COLUMNS = ("sinkhorn_iters", "sinkhorn_marginal_err")
 # Ray Tune's own keys in result.json that are not measurements (time_total_s is kept: the wall-time formula)
@@ -79,11 +86,6 @@ class TrialRecord:
 
 
 # ----------------------------------------------------------------------------------- formulas
-
-
-def best_weights_location(experiment: str, trial_id: str) -> str:
-    """Where a trial's best-validation weights are kept (written when they improve, not with every checkpoint)."""
-    return storage.join(experiment, BEST_WEIGHTS, f"{trial_id}.pt")
 
 
 def layers_text(layers: Sequence[int]) -> str:
@@ -187,7 +189,8 @@ def epochs_frame(records: Sequence[TrialRecord]) -> pd.DataFrame:
     columns = list(dict.fromkeys(k for row in rows for k in row)) or ["trial_id", "epoch"]
     frame = pd.DataFrame(rows, columns=columns)
     empty = [c for c in frame.columns if frame[c].isna().all()]
-    return frame.astype({"trial_id": str, "epoch": "int64", **dict.fromkeys(empty, float)})
+    lineage = {"donor_epoch": "Int64"} if "donor_epoch" in frame and "donor_epoch" not in empty else {}
+    return frame.astype({"trial_id": str, "epoch": "int64", **dict.fromkeys(empty, float), **lineage})
 
 
 def _hyperparameters(record: TrialRecord) -> dict[str, Any]:

@@ -4,9 +4,10 @@
 section. One tracker run per trial, named after the trial id, through alignmixup.tracking's Trackers (what a
 run logs is defined there once): parameters = the trial's hp_<name> values and identity (config_id, seed, ...)
 from its first report; metrics = every numeric measurement of each report at step = epoch (hp_<name> included,
-so the values in force after a population-based exploit are on record); at its end the tag best_weights =
-tune_jobs.schema.best_weights_location(experiment, trial_id). TensorBoard events and W&B's offline runs go into the
-trial's folder (Tune syncs it to <experiment>/trial_<id>/); MLflow into the sweep's tracking URI.
+so the values in force after a population-based exploit are on record); at its end the tag best_weights = the
+best-validation weights file its last checkpointed report named (tune_jobs.schema.BEST_WEIGHTS_FILE).
+TensorBoard events and W&B's offline runs go into the trial's folder (Tune syncs it to <experiment>/trial_<id>/);
+MLflow into the sweep's tracking URI.
 
 Ray's own integrations are not used, because they do not fit:
 - MLflowLoggerCallback logs trial.config as parameters at every start of a trial; a PBT exploit restarts the trial
@@ -35,10 +36,11 @@ from ray.tune.logger import TBXLoggerCallback
 
 from alignmixup.tracking import BEST_WEIGHTS_TAG, Status, Trackers, TrackingConfig, check_installed
 from tune_jobs.config import SweepConfig
-from tune_jobs.schema import HP_PREFIX, IDENTITY, TUNE_BOOKKEEPING, WORKER_EXTRAS, best_weights_location
+from tune_jobs.schema import BEST_WEIGHTS_FILE, DONOR_COLUMNS, HP_PREFIX, IDENTITY, TUNE_BOOKKEEPING, WORKER_EXTRAS
 
 EPOCH = "epoch"
-NOT_MEASURED = TUNE_BOOKKEEPING | frozenset(IDENTITY) | frozenset(WORKER_EXTRAS) | {EPOCH}
+NOT_MEASURED = TUNE_BOOKKEEPING | frozenset(IDENTITY) | frozenset(WORKER_EXTRAS) | frozenset(DONOR_COLUMNS) | {
+    EPOCH, BEST_WEIGHTS_FILE}
 
 
 def trial_params(row: dict[str, Any]) -> dict[str, Any]:
@@ -47,7 +49,8 @@ def trial_params(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def measurements(row: dict[str, Any]) -> dict[str, Any]:
-    """A report without Tune's bookkeeping, the trial's identity, the worker's extras and the epoch (the step)."""
+    """A report without Tune's bookkeeping, the trial's identity, the worker's extras, the lineage and weights
+    file (not measurements) and the epoch (the step)."""
     return {k: v for k, v in row.items() if k not in NOT_MEASURED}
 
 
@@ -64,12 +67,15 @@ class TrackingCallback(Callback):
         self.name = experiment.rstrip("/").rpartition("/")[2]  # MLflow's experiment, W&B's group
         self._open: dict[str, Trackers] = {}  # trial_id -> its open tracker runs (in this driver)
         self._runs: dict[str, dict[str, str]] = {}  # trial_id -> tracker -> run id (kept across Tuner.restore)
+        self._best: dict[str, str] = {}  # trial_id -> its latest best-validation weights file (kept likewise)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
                         **info: Any) -> None:
         if EPOCH not in result:
             return
         trackers = self._open.get(trial.trial_id) or self._start(trial, result)
+        if result.get(BEST_WEIGHTS_FILE):
+            self._best[trial.trial_id] = result[BEST_WEIGHTS_FILE]
         trackers.log(measurements(result), step=int(result[EPOCH]))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -84,10 +90,10 @@ class TrackingCallback(Callback):
             self._finish(trial_id, "KILLED")
 
     def get_state(self) -> dict[str, Any]:
-        return {"runs": self._runs}
+        return {"runs": self._runs, "best": self._best}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._runs = dict(state["runs"])
+        self._runs, self._best = dict(state["runs"]), dict(state.get("best", {}))
 
     def _start(self, trial: Trial, first: dict[str, Any]) -> Trackers:
         trackers = Trackers(self.config, self.name)
@@ -99,7 +105,8 @@ class TrackingCallback(Callback):
     def _finish(self, trial_id: str, status: Status) -> None:
         trackers = self._open.pop(trial_id, None)
         if trackers is not None:
-            trackers.finish({BEST_WEIGHTS_TAG: best_weights_location(self.experiment, trial_id)}, status)
+            best = self._best.get(trial_id)
+            trackers.finish({BEST_WEIGHTS_TAG: best} if best else {}, status)
 
 
 class TrackersWriteTensorBoard(TBXLoggerCallback):

@@ -27,6 +27,7 @@ import numpy as np
 from alignmixup.trainer import EpochMetrics, lr_at
 from tune_jobs.config import trial_settings, validate
 from tune_jobs.schema import (
+    BEST_WEIGHTS_FILE,
     DECISIONS_TABLE,
     EPOCHS_TABLE,
     RESULT_FILE,
@@ -65,6 +66,7 @@ class Trial:
     rows: list[dict[str, Any]] = field(default_factory=list)  # every complete row of its result.json
     stopped_by_asha: bool = False
     lineage: list[list[Any]] = field(default_factory=list)  # population-based: [trial_id, first, last] oldest first
+    best_weights_file: str | None = None  # what its rows name as its best-validation weights (since it improved)
 
 
 @dataclass
@@ -133,7 +135,7 @@ def _metrics(epoch: int, max_t: int, hp: dict[str, Any], curve: _Curve, cfg: Any
     if extra.get("sinkhorn"):
         aligned = rng.random() > 0.15  # an epoch may have no aligned batch: nothing to report
         eps = float(hp["hp_eps"])
-        evaluations["sinkhorn_iters"] = float(min(cfg.sinkhorn.max_iter, 4 + 1.5 / eps * rng.uniform(0.9, 1.1))) \
+        evaluations["sinkhorn_iters"] = float(min(cfg.sinkhorn.iteration_cap, 4 + 1.5 / eps * rng.uniform(0.9, 1.1))) \
             if aligned else None
         evaluations["sinkhorn_marginal_err"] = float(10 ** (-7 + 2.5 * -math.log10(eps)) * rng.uniform(0.5, 2)) \
             if aligned else None
@@ -144,7 +146,8 @@ def _metrics(epoch: int, max_t: int, hp: dict[str, Any], curve: _Curve, cfg: Any
         val_top5=min(100.0, val_acc + 15), test_acc=test, best_val_acc=curve.best, best_test_acc=test,
         best_val_test_acc=(test - 0.5 if final else None), improved=improved, lr=lr_at(cfg, epoch - 1),
         epoch_time_s=seconds, images_per_s=samples / seconds, train_samples=samples // 2,
-        train_samples_global=samples, world_size=2, rank=0, evaluations=evaluations,
+        train_samples_global=samples, world_size=2, rank=0, evaluations=evaluations, alpha=float(hp["hp_alpha"]),
+        eps=float(hp["hp_eps"]),
     )
     return metrics.as_dict()
 
@@ -153,8 +156,10 @@ def _tune_row(trial: Trial, metrics: dict[str, Any], identity: dict[str, Any], c
               donor: dict[str, Any] | None) -> dict[str, Any]:
     """A row of result.json: the worker's report (metrics, identity, extras) and Tune's own keys."""
     epoch = metrics["epoch"]
+    if metrics["improved"]:
+        trial.best_weights_file = f"best_weights/{trial.trial_id}/train-{trial.trial_id}-e{epoch:06d}.safetensors"
     return {
-        **metrics, **identity, **(donor or {}),
+        **metrics, **identity, **(donor or {}), BEST_WEIGHTS_FILE: trial.best_weights_file,
         "train_samples_by_rank": [700, 700], "pid_by_rank": [4100, 4101], "reported_at": 1.76e9 + clock,
         "timestamp": int(1.76e9 + clock), "checkpoint_dir_name": f"checkpoint_{epoch - 1:06d}", "done": False,
         "training_iteration": epoch, "trial_id": trial.trial_id, "date": "2026-01-01_00-00-00",

@@ -45,6 +45,7 @@ SMALL_SWEEP: dict[str, Any] = {
     "num_samples": 2,
     "max_concurrent_trials": 2,
     "max_failures": 2,
+    "checkpoint_every": 1,  # the worker kill waits for epoch 1's checkpoint
     "seed": 3,
     "scaling": {"num_workers": 2, "cpus_per_worker": 0.49, "trial_cpus": 0.01},
 }
