@@ -20,7 +20,15 @@ from scipy import stats
 
 from alignmixup.presets import PUBLISHED_TOP1, RELEASE_CURVES, recipe_name
 from analysis.experiment import DONOR, DONOR_EPOCH, Experiment, SchedulerSettings
-from tune_jobs.schema import HP_PREFIX, REPORTED_AT, SINKHORN_COLUMNS, UNFINISHED, milestones
+from tune_jobs.schema import (
+    HP_PREFIX,
+    REPORTED_AT,
+    SINKHORN_COLUMNS,
+    UNFINISHED,
+    milestones,
+    objective_rows,
+    pareto_mask,
+)
 
 RANK_BY = "best_val_acc"  # what trials and configurations are ranked by (higher is better): the trainer's selection
 MIN_N_FOR_CI = 3  # below this many counted trials a t-interval is not given (n = 2: t = 12.7, no information)
@@ -453,16 +461,6 @@ def sinkhorn_convergence(experiment: Experiment) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------- Pareto front
 
 
-def pareto_mask(points: np.ndarray) -> np.ndarray:
-    """Which rows of `points` (n x k, every column higher-is-better) no other row dominates (>= in every
-    column and > in one). Equal points do not dominate each other: all stay on the front."""
-    points = np.asarray(points, dtype=float)
-    ge = (points[:, None, :] >= points[None, :, :]).all(axis=2)  # ge[i, j]: i is at least as good as j everywhere
-    gt = (points[:, None, :] > points[None, :, :]).any(axis=2)
-    dominated = (ge & gt).any(axis=0)
-    return ~dominated
-
-
 def objective_values(experiment: Experiment) -> pd.DataFrame:
     """Per trial with a complete evaluation: the objectives' values at its last epoch where every objective was
     reported (evaluations such as val_ece come only at some epochs), that epoch, its status and whether counted."""
@@ -470,8 +468,7 @@ def objective_values(experiment: Experiment) -> pd.DataFrame:
     columns = ["trial_id", "config_id", "status", "counted", "epoch", *names, *experiment.hp_columns]
     if not names:
         return pd.DataFrame(columns=columns)
-    epochs = experiment.epochs.reindex(columns=["trial_id", "epoch", *names])
-    complete = epochs.dropna(subset=names).groupby("trial_id", sort=False).tail(1)
+    complete = objective_rows(experiment.epochs, names)
     info = experiment.trials.assign(counted=experiment.counted)
     info = info.reindex(columns=["trial_id", "config_id", "status", "counted", *experiment.hp_columns])
     return complete.merge(info, on="trial_id", how="inner")[columns].reset_index(drop=True)

@@ -114,7 +114,7 @@ def test_alignmixup_train_replays_a_config_file_and_reports_alpha_and_eps(tmp_pa
 def test_config_file_flags_override_it_and_command_line_refuses_a_schedule(tmp_path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(small(schedule=SCHEDULE).model_dump_json())
-    cfg = config_from_args(build_parser().parse_args(["--config", str(path), "--epochs", "5", "--sinkhorn-iters",
+    cfg = config_from_args(build_parser().parse_args(["--config", str(path), "--epochs", "5", "--sinkhorn-max-iter",
                                                       "7"]))
     assert cfg.epochs == 5 and cfg.schedule == small(schedule=SCHEDULE).schedule
     assert (cfg.sinkhorn.max_iter, cfg.sinkhorn.cost_scaling) == (7, "mean")  # one Sinkhorn flag, not all of them

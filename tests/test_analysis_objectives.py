@@ -41,7 +41,8 @@ def objectives_of(written) -> list[tuple[str, str]]:
 def written(request, tmp_path_factory: pytest.TempPathFactory):
     """A FIFO sweep, 3 seeds per configuration, evaluations every 3 epochs, one trial erroring after epoch 4."""
     return write_experiment(tmp_path_factory.mktemp("pareto") / "sweep", scheduler="fifo", configs=6, repeats=3,
-                            max_t=8, objectives=OBJECTIVES[: request.param], eval_every=3, errors={4: 4}, seed=1)
+                            max_t=8, objectives=OBJECTIVES[: request.param], eval_every=3, errors={4: 4}, seed=1,
+                            tables=True)
 
 
 def test_objective_values_come_from_the_last_epoch_with_every_objective(written) -> None:
@@ -116,3 +117,24 @@ def test_single_objective_sweep_has_no_pareto_outputs(tmp_path) -> None:
     assert experiment.objectives == []
     assert analysis.objective_values(experiment).empty
     assert "pareto_trials" not in analysis.tables(experiment)
+
+
+def test_tune_best_front_lists_the_same_non_dominated_trials(written, capsys) -> None:
+    """`alignmixup-tune best --front` (tune_jobs.best.front) agrees with the brute force, weights file included."""
+    from tune_jobs import best, cli
+    from tune_jobs.schema import EPOCHS_TABLE, TRIALS_TABLE
+    from tune_jobs.tables import read_sweep
+
+    objectives = objectives_of(written)
+    names = [m for m, _ in objectives]
+    points = {t: {n: last_complete(truth.rows, names)[n] for n in names} for t, truth in written.trials.items()
+              if truth.status == "TERMINATED"}
+    root = str(written.root)
+    table = best.front(read_sweep(root), best.read_table(root, TRIALS_TABLE), best.read_table(root, EPOCHS_TABLE))
+    assert set(table["trial_id"]) == brute_front(points, objectives) and len(table) == len(set(table["trial_id"]))
+    for row in table.itertuples():
+        assert row.best_weights == written.trials[row.trial_id].rows[-1]["best_weights_file"]
+    assert cli.main(["best", root, "--front"]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"  {t} (epoch" in printed for t in table["trial_id"])
+    assert cli.main(["best", root, "--front", "--metric", "val_ece"]) == 2

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -29,7 +30,15 @@ from alignmixup.config import TrainConfig
 from alignmixup.console import ConfigError
 from tune_jobs import storage
 from tune_jobs.config import MUTABLE, SweepConfig, parse_layers
-from tune_jobs.schema import BEST_WEIGHTS_FILE, DONOR_COLUMNS, EPOCHS_TABLE, HP_PREFIX, TRIALS_TABLE
+from tune_jobs.schema import (
+    BEST_WEIGHTS_FILE,
+    DONOR_COLUMNS,
+    EPOCHS_TABLE,
+    HP_PREFIX,
+    TRIALS_TABLE,
+    objective_rows,
+    pareto_mask,
+)
 
 BEST_FILE = "best.json"  # in an export: how the trial was chosen, its lineage and where its weights came from
 DONOR, DONOR_EPOCH = DONOR_COLUMNS
@@ -247,4 +256,39 @@ def report(experiment: str, sweep: SweepConfig, metric: str | None = None, mode:
         lines.append(f"  reproduce: alignmixup-train --config {where}")
     else:
         lines.append(f"  reproduce: alignmixup-train {' '.join(command_line(cfg))}")
+    return "\n".join(lines)
+
+
+def front(sweep: SweepConfig, trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """The Pareto front of a multi-objective sweep: the finished (TERMINATED) trials that no other dominates on the
+    objectives' values at their last epoch with every objective reported (analysis.pareto_front's definition),
+    best first on the first objective, each with its hyperparameters and best-validation weights file."""
+    if not sweep.objectives:
+        raise ConfigError("argument --front: the sweep has no objectives (a single-metric sweep has no front)")
+    names = [o.metric for o in sweep.objectives]
+    finished = trials[trials["status"] == "TERMINATED"]
+    values = objective_rows(epochs[epochs["trial_id"].isin(finished["trial_id"])], names)
+    if values.empty:
+        return values
+    signed = np.column_stack([(1.0 if o.mode == "max" else -1.0) * values[o.metric].to_numpy(float)
+                              for o in sweep.objectives])
+    table = values[pareto_mask(signed)]
+    hps = [c for c in trials.columns if c.startswith(HP_PREFIX)]
+    table = table.merge(trials[["trial_id", "config_id", "seed", *hps]], on="trial_id", how="left")
+    table["best_weights"] = [weights_location(lineage(epochs, t)) for t in table["trial_id"]]
+    first = sweep.objectives[0]
+    return table.sort_values(first.metric, ascending=first.mode == "min", ignore_index=True)
+
+
+def front_report(experiment: str, sweep: SweepConfig) -> str:
+    """What `alignmixup-tune best --front` prints: the non-dominated trials, one line each."""
+    table = front(sweep, read_table(experiment, TRIALS_TABLE), read_table(experiment, EPOCHS_TABLE))
+    goals = ", ".join(f"{o.mode} {o.metric}" for o in sweep.objectives or [])
+    lines = [f"Pareto front ({goals}): {len(table)} non-dominated finished trial(s)"]
+    for row in table.to_dict("records"):
+        values = ", ".join(f"{o.metric} {row[o.metric]:.4g}" for o in sweep.objectives or [])
+        hps = ", ".join(f"{c.removeprefix(HP_PREFIX)}={row[c]:.4g}" if isinstance(row[c], float) else
+                        f"{c.removeprefix(HP_PREFIX)}={row[c]}" for c in row if c.startswith(HP_PREFIX))
+        lines.append(f"  {row['trial_id']} (epoch {row['epoch']}): {values}; {hps}; weights {row['best_weights']}")
+    lines.append("pick one by an objective with --metric NAME --mode max|min (and --export DIR)")
     return "\n".join(lines)

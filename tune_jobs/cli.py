@@ -60,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
                    "TrainConfig (train_config.json, with its PBT schedule) and best.json to DIR")
     b.add_argument("--metric", help="an epochs-table column (default: the sweep's scheduler metric)")
     b.add_argument("--mode", choices=["max", "min"], help="(default: the sweep's)")
+    b.add_argument("--front", action="store_true", help="a multi-objective sweep: list its Pareto front instead")
     return p
 
 
@@ -148,7 +149,12 @@ def run(argv: Sequence[str] | None) -> int:
         from tune_jobs import best
 
         experiment = api.experiment_location(args.experiment)
-        print(best.report(experiment, read_sweep(experiment), args.metric, args.mode, args.export))
+        if args.front:
+            if args.metric or args.mode or args.export:
+                raise ConfigError("argument --front: lists the front; choose one trial with --metric/--mode instead")
+            print(best.front_report(experiment, read_sweep(experiment)))
+        else:
+            print(best.report(experiment, read_sweep(experiment), args.metric, args.mode, args.export))
         return 0
     if args.command == "run":
         sweep, experiment = prepare_run(args)

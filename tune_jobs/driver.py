@@ -45,7 +45,7 @@ from alignmixup.console import ConfigError
 from tune_jobs import pin_ray_address, preflight, storage, tracking
 from tune_jobs.config import POPULATION, Param, SweepConfig, experiment_path, trial_settings, validate
 from tune_jobs.relay import Relay, ReportToTune
-from tune_jobs.scheduler import RecordedASHA, milestones
+from tune_jobs.scheduler import RecordedASHA, milestones, stopped_trials
 from tune_jobs.schema import (
     BEST_WEIGHTS,
     IDENTITY,
@@ -169,6 +169,10 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], experiment: str) ->
     """One Tune trial (or, under PBT, one segment of it): a Ray Train run of its TrainConfig, reporting every epoch."""
     sw = validate(sweep)
     trial_id = tune.get_context().get_trial_id()
+    if sw.scheduler.kind == "asha" and trial_id in stopped_trials(experiment):
+        # ASHA stopped it, but the driver was lost before Tune's experiment state said so: Tuner.restore brings it
+        # back as unfinished. Train nothing: its last reported epoch stays the one ASHA stopped it at.
+        return
     sampled = {k: v for k, v in config.items() if k != REPEAT_KEY}
     cfg, identity = trial_settings(sw, sampled, int(config.get(REPEAT_KEY, 0)))
     state = TrialState(experiment, trial_id)

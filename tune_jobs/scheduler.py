@@ -148,6 +148,12 @@ class RecordedASHA(FIFOScheduler):
         self.decisions = list(saved["decisions"])
 
 
+def stopped_trials(experiment: str) -> set[str]:
+    """The trials the experiment's ASHA has stopped so far (none before its first decision)."""
+    location = storage.join(experiment, SCHEDULER_STATE)
+    return set(storage.read_json(location)["stopped"]) if storage.is_file(location) else set()
+
+
 def decisions_frame(decisions: list[dict[str, Any]]) -> pd.DataFrame:
     """The decisions table: one row per scheduler decision, in the order they were made."""
     return pd.DataFrame(decisions, columns=list(DECISION_COLUMNS)).astype(

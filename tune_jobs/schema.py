@@ -245,3 +245,20 @@ def trials_frame(records: Sequence[TrialRecord], sweep: Mapping[str, Any]) -> pd
     frame = frame[[*TRIAL_COLUMNS[:5], *hp, *TRIAL_COLUMNS[5:]]]
     return frame.astype({"seed": "Int64", "repeat": "Int64", "epochs": "int64", "num_workers": "int64",
                          "max_t": "int64"})
+
+
+def pareto_mask(points: np.ndarray) -> np.ndarray:
+    """Which rows of `points` (n x k, every column higher-is-better) no other row dominates (>= in every
+    column and > in one). Equal points do not dominate each other: all stay on the front."""
+    points = np.asarray(points, dtype=float)
+    ge = (points[:, None, :] >= points[None, :, :]).all(axis=2)  # ge[i, j]: i is at least as good as j everywhere
+    gt = (points[:, None, :] > points[None, :, :]).any(axis=2)
+    dominated = (ge & gt).any(axis=0)
+    return ~dominated
+
+
+def objective_rows(epochs: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """Per trial, its last epoch at which every objective in `names` was reported (evaluations such as val_ece
+    come only at some epochs): trial_id, epoch and the objectives, in the trials' order of appearance."""
+    frame = epochs.reindex(columns=["trial_id", "epoch", *names])
+    return frame.dropna(subset=list(names)).groupby("trial_id", sort=False).tail(1).reset_index(drop=True)

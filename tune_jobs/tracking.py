@@ -36,11 +36,10 @@ from ray.tune.logger import TBXLoggerCallback
 
 from alignmixup.tracking import BEST_WEIGHTS_TAG, Status, Trackers, TrackingConfig, check_installed
 from tune_jobs.config import SweepConfig
-from tune_jobs.schema import BEST_WEIGHTS_FILE, DONOR_COLUMNS, HP_PREFIX, IDENTITY, TUNE_BOOKKEEPING, WORKER_EXTRAS
+from tune_jobs.schema import BEST_WEIGHTS_FILE, HP_PREFIX, IDENTITY, TUNE_BOOKKEEPING, WORKER_EXTRAS
 
 EPOCH = "epoch"
-NOT_MEASURED = TUNE_BOOKKEEPING | frozenset(IDENTITY) | frozenset(WORKER_EXTRAS) | frozenset(DONOR_COLUMNS) | {
-    EPOCH, BEST_WEIGHTS_FILE}
+NOT_MEASURED = TUNE_BOOKKEEPING | frozenset(IDENTITY) | frozenset(WORKER_EXTRAS) | {EPOCH, BEST_WEIGHTS_FILE}
 
 
 def trial_params(row: dict[str, Any]) -> dict[str, Any]:
@@ -49,8 +48,8 @@ def trial_params(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def measurements(row: dict[str, Any]) -> dict[str, Any]:
-    """A report without Tune's bookkeeping, the trial's identity, the worker's extras, the lineage and weights
-    file (not measurements) and the epoch (the step)."""
+    """A report without Tune's bookkeeping, the trial's identity, the worker's extras, the best weights' file and
+    the epoch (the step). A PBT exploit's donor_epoch stays: it marks the exploit on the step it happened."""
     return {k: v for k, v in row.items() if k not in NOT_MEASURED}
 
 
@@ -79,9 +78,11 @@ class TrackingCallback(Callback):
         trackers.log(measurements(result), step=int(result[EPOCH]))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._reopen(trial)
         self._finish(trial.trial_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._reopen(trial)
         self._finish(trial.trial_id, "FAILED")
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
@@ -101,6 +102,12 @@ class TrackingCallback(Callback):
                                                     resume=self._runs.get(trial.trial_id))
         self._open[trial.trial_id] = trackers
         return trackers
+
+    def _reopen(self, trial: Trial) -> None:
+        """Continue the runs of a trial that ends after a resume without reporting again (ASHA had stopped it
+        before the interruption), so that they are closed with its real status."""
+        if trial.trial_id not in self._open and trial.trial_id in self._runs:
+            self._start(trial, {})
 
     def _finish(self, trial_id: str, status: Status) -> None:
         trackers = self._open.pop(trial_id, None)

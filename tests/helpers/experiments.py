@@ -342,8 +342,10 @@ def write_experiment(root: Path, *, scheduler: str = "asha", configs: int = 4, r
     sweep = dict(base)  # what sweep.json says: the validated dump, plus what the schema does not hold yet
     extra = {"sinkhorn": sinkhorn, "eval_every": eval_every,
              "evaluations": [m for m, _ in objectives or () if m in EVALUATIONS]}
-    if objectives:
+    if objectives:  # a multi-objective sweep as it validates: Optuna, the evaluations its objectives need
         sweep["objectives"] = [{"metric": m, "mode": mode} for m, mode in objectives]
+        kinds = [{"val_ece": "calibration", "val_fgsm_acc": "fgsm"}[m] for m in extra["evaluations"]]
+        sweep.update(search_alg="optuna", train={**sweep["train"], "evaluation": {"kinds": kinds}})
     trials = _plan(base, configs, repeats, seed)
     by_index = {trials[i].trial_id: epoch for i, epoch in (errors or {}).items()}
     if scheduler == "pbt":
