@@ -301,7 +301,7 @@ BAD_POPULATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "fixed mutation": ({"scheduler": {"mutations": {"alpha": 2.0}}},
                        "scheduler.mutations.alpha: a mutation is a choice or a uniform/loguniform range"),
     "unknown mutation": ({"scheduler": {"mutations": {"weight_decay": {"choice": [1e-4, 5e-4]}}}},
-                         "scheduler.mutations.weight_decay: Extra inputs are not permitted"),
+                         "scheduler.mutations.weight_decay: unknown key"),
     "no mutation": ({"scheduler": {"mutations": {}}}, "scheduler.mutations: a population-based schedule needs"),
     "bad layer": ({"scheduler": {"mutations": {"lr": {"choice": [0.1]}, "mix_layers": {"choice": ["0,4", "0,5"]}}}},
                   "scheduler.mutations.mix_layers: preactresnet18 has layers 0..4 (0 = input), got 5"),

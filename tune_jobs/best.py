@@ -35,6 +35,7 @@ from tune_jobs.schema import (
     DONOR_COLUMNS,
     EPOCHS_TABLE,
     HP_PREFIX,
+    REPORTED_AT,
     TRIALS_TABLE,
     objective_rows,
     pareto_mask,
@@ -71,7 +72,7 @@ def lineage(epochs: pd.DataFrame, trial_id: str, epoch: int | None = None,
     """
     rows = epochs[epochs["trial_id"] == trial_id]
     if before is not None:
-        rows = rows[rows["reported_at"] < before]
+        rows = rows[rows[REPORTED_AT] < before]
     records = rows.to_dict("records")
     if epoch is not None:
         ends = [i for i, r in enumerate(records) if r["epoch"] == epoch]
@@ -90,7 +91,7 @@ def lineage(epochs: pd.DataFrame, trial_id: str, epoch: int | None = None,
         out.append(row)
         want -= 1
         if not _missing(row.get(DONOR)):
-            donor = lineage(epochs, row[DONOR], int(row[DONOR_EPOCH]), before=row["reported_at"])
+            donor = lineage(epochs, row[DONOR], int(row[DONOR_EPOCH]), before=row[REPORTED_AT])
             if len(donor) != row["epoch"] - 1:
                 raise LineageError(f"trial {trial_id}: its donor {row[DONOR]} has no lineage up to epoch "
                                    f"{row[DONOR_EPOCH]}")

@@ -262,6 +262,18 @@ class _AtPerturbationEpochs:
         decision = super().on_trial_result(tune_controller, trial, result)
         return TrialScheduler.CONTINUE if decision == TrialScheduler.PAUSE and self.fits else decision
 
+    def _checkpoint_or_exploit(self, trial: Trial, tune_controller: Any, upper_quantile: list[Trial],
+                               lower_quantile: list[Trial]) -> None:
+        # Ray's asynchronous PBT keeps a trial's checkpoint for donors only when the trial is in the upper quantile
+        # at its own perturbation, and the first trial to report at a perturbation epoch sees no quantiles yet: a
+        # trial that is always first to report (the fastest, often the best) is never kept, and every exploit of it
+        # is skipped ("no checkpoint for trial ...": a 4-trial test sweep ran to the end with no exploit at all).
+        # Every perturbation epoch has a checkpoint here (checkpoint_epochs), so every trial that does not exploit
+        # keeps it, through Ray's own saving path (this overrides a method of Ray 2.60's PopulationBasedTraining;
+        # tests/test_tune_pbt.py would see exploits vanish if it changed).
+        keep = upper_quantile if trial in lower_quantile or trial in upper_quantile else [*upper_quantile, trial]
+        super()._checkpoint_or_exploit(trial, tune_controller, keep, lower_quantile)
+
 
 class PopulationBased(_AtPerturbationEpochs, PopulationBasedTraining):
     """Ray Tune's PopulationBasedTraining, at perturbation epochs only."""

@@ -35,7 +35,7 @@ from alignmixup.data import prepare_data
 from alignmixup.trainer import EpochMetrics, Trainer
 from alignmixup.weights import read_weights, weights_bytes
 from tune_jobs import storage
-from tune_jobs.schema import BEST_WEIGHTS_FILE, DONOR_COLUMNS
+from tune_jobs.schema import BEST_WEIGHTS_FILE, DONOR_COLUMNS, REPORTED_AT
 
 CHECKPOINT_FILE = "checkpoint.pt"
 META_FILE = "meta.json"  # beside checkpoint.pt: the trial that wrote it, its epoch, where its best weights are
@@ -100,7 +100,7 @@ def epoch_report(m: EpochMetrics, identity: dict[str, Any]) -> dict[str, Any]:
         **identity,
         "train_samples_by_rank": [samples for samples, _ in ranks],
         "pid_by_rank": [pid for _, pid in ranks],
-        "reported_at": time.time(),
+        REPORTED_AT: time.time(),
     }
 
 
