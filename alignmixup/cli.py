@@ -17,6 +17,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -440,6 +441,16 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_creatable(out: Path) -> None:
+    """ConfigError unless `out` is a folder or can be made one (its nearest existing ancestor a writable folder)."""
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        why = "not a folder" if not existing.is_dir() else "not writable"
+        raise ConfigError(f"argument --output-dir: cannot create {out} ({existing} is {why})")
+
+
 def run(args: argparse.Namespace) -> int:
     """Train (or resume) the run the flags describe, or evaluate a saved model; returns the exit code."""
     if args.evaluate is not None:
@@ -452,10 +463,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"argument --output-dir: {out} already holds a run (checkpoint.pt); "
                           "pass --resume to continue it or choose another directory")
     trackers, run_ids = command_line_trackers(args.tracking, out, resume is not None, PROG)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"argument --output-dir: cannot create {out} ({exc.strerror})") from None
+    check_creatable(out)
 
     from alignmixup import checkpoint
     from alignmixup.data import DataError
@@ -472,6 +480,10 @@ def run(args: argparse.Namespace) -> int:
         raise flag_error(exc) from None
     except checkpoint.CheckpointError as exc:
         raise ConfigError(f"argument --resume: {exc}") from None
+    try:  # only once the run is known to be good: bad input leaves no folder behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"argument --output-dir: cannot create {out} ({exc.strerror})") from None
     columns = metric_columns(cfg)
 
     def on_epoch(m: Any) -> None:

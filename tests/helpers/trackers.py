@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,8 @@ def tensorboard_text(folder: Path, tag: str) -> str:
 
 def mlflow_runs(uri: str, experiment: str) -> tuple[MlflowClient, dict[str, Any]]:
     """run name -> run, in an MLflow experiment."""
+    if uri.startswith("file:"):  # MLflow 3 reads its file store only with this set (as alignmixup.tracking does)
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no MLflow experiment {experiment!r} in {uri}"
