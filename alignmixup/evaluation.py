@@ -21,11 +21,10 @@ from torch import nn
 
 from alignmixup.config import EvaluationConfig
 from alignmixup.data import Normalization
+from alignmixup.names import COMMON_METRICS, EVALUATION_METRICS
 
 # What each kind reports (accuracies in percent, ECE and OE as fractions in [0, 1], NLL in nats per image).
 # Whenever any kind runs, `clean_acc` (top-1 % on the same images) and `images` (how many) come with it.
-METRICS: dict[str, tuple[str, ...]] = {"calibration": ("ece", "oe", "nll"), "fgsm": ("fgsm_acc",), "pgd": ("pgd_acc",)}
-COMMON_METRICS = ("clean_acc", "images")
 _SCALARS = ("nll_sum", "fgsm_correct", "pgd_correct")  # after the 3 * bins per-bin sums
 
 
@@ -33,7 +32,7 @@ def metric_names(cfg: EvaluationConfig) -> list[str]:
     """The keys `finalize` returns for cfg, in order (the caller prefixes the split, e.g. val_ece)."""
     if not cfg.kinds:
         return []
-    return [*COMMON_METRICS, *(name for kind in cfg.kinds for name in METRICS[kind])]
+    return [*COMMON_METRICS, *(name for kind in cfg.kinds for name in EVALUATION_METRICS[kind])]
 
 
 def totals_size(bins: int) -> int:

@@ -34,6 +34,7 @@ from alignmixup.data import load_splits, shard
 from alignmixup.evaluation import evaluation_totals, finalize, metric_names, rank_share
 from alignmixup.mixing import BatchMix, Mixer
 from alignmixup.models import StagedNet, build_model
+from alignmixup.names import SINKHORN_COLUMNS
 from alignmixup.sinkhorn import SinkhornStats
 
 BYTES_PER_GB = 1e9
@@ -103,7 +104,7 @@ def metric_columns(cfg: TrainConfig) -> list[str]:
     if cfg.device == "cpu":
         skip.add("gpu_mem_peak_gb")
     if cfg.method != "alignmixup":  # eps means nothing without aligned mixing, alpha nothing without mixing
-        skip |= {"eps", "sinkhorn_iters", "sinkhorn_marginal_err"}
+        skip |= {"eps", *SINKHORN_COLUMNS}
     if cfg.method == "erm":
         skip.add("alpha")
     return [f.name for f in fields(EpochMetrics) if f.name not in skip] + evaluation_columns(cfg)
@@ -117,7 +118,7 @@ def evaluation_columns(cfg: TrainConfig) -> list[str]:
 
 def every_epoch_metrics(cfg: TrainConfig) -> list[str]:
     """The metrics a run of `cfg` reports with a value at every epoch (what an early-stopping scheduler may use)."""
-    sometimes = {"best_val_test_acc", "gpu_mem_peak_gb", "sinkhorn_iters", "sinkhorn_marginal_err",
+    sometimes = {"best_val_test_acc", "gpu_mem_peak_gb", *SINKHORN_COLUMNS,
                  *evaluation_columns(cfg)}
     if cfg.eval_test != "every":
         sometimes |= {"test_acc", "best_test_acc"}

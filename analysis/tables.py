@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from alignmixup.names import SINKHORN_COLUMNS
 from alignmixup.presets import PUBLISHED_TOP1, RELEASE_CURVES, recipe_name
 from analysis.experiment import DONOR, DONOR_EPOCH, Experiment, SchedulerSettings
 from tune_jobs.schema import (
     HP_PREFIX,
     REPORTED_AT,
-    SINKHORN_COLUMNS,
     UNFINISHED,
     milestones,
     objective_rows,

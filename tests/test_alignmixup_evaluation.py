@@ -18,7 +18,6 @@ from torchmetrics.classification import MulticlassCalibrationError
 from alignmixup.config import EvaluationConfig, TrainConfig, error_line
 from alignmixup.data import Normalization
 from alignmixup.evaluation import (
-    METRICS,
     attack_budget,
     calibration_totals,
     default_eps,
@@ -30,6 +29,7 @@ from alignmixup.evaluation import (
     rank_share,
     totals_size,
 )
+from alignmixup.names import EVALUATION_METRICS
 from alignmixup.trainer import Trainer
 
 ALL = ["calibration", "fgsm", "pgd"]
@@ -136,7 +136,7 @@ def test_config_validation_and_defaults():
     cfg = EvaluationConfig(kinds=ALL, epochs=[8, 2])
     assert cfg.epochs == [2, 8] and cfg.runs_at(2, False) and not cfg.runs_at(3, False) and cfg.runs_at(3, True)
     assert not EvaluationConfig().runs_at(5, True)  # no kinds: nothing runs
-    assert set(get_args(get_args(EvaluationConfig.model_fields["kinds"].annotation)[0])) == set(METRICS)
+    assert set(get_args(get_args(EvaluationConfig.model_fields["kinds"].annotation)[0])) == set(EVALUATION_METRICS)
     assert default_eps(32) == 8 / 255 and default_eps(64) == 4 / 255 and default_eps(224) == 4 / 255
     assert attack_budget(EvaluationConfig(), 32) == (8 / 255, 2 / 255)
     assert attack_budget(EvaluationConfig(eps=0.1, pgd_step_size=0.05), 64) == (0.1, 0.05)

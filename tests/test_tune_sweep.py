@@ -4,6 +4,7 @@ a worker retry, and ASHA's decisions across a driver SIGKILL and resume."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,10 @@ def test_trials_table_equals_reported_results(sweep_tables: SweepTables) -> None
         assert (row["device"], row["num_workers"], row["max_t"]) == ("cpu", 2, SCHEDULER["max_t"])
         assert (row["dataset"], row["network"], row["width"]) == ("digits", "preactresnet18", 0.125)
         assert row["stopped_early"] == (row["epochs"] < SCHEDULER["max_t"])
+        for key in ("val_ece", "val_oe", "val_nll", "val_fgsm_acc", "test_ece", "test_fgsm_acc"):
+            reported = [r[key] for r in rows if r.get(key) is not None]  # the last evaluation's value
+            assert (row[key] == reported[-1]) if reported else np.isnan(row[key]), key
+        assert row["val_ece"] >= 0 and (row["test_fgsm_acc"] >= 0) == (row["epochs"] == SCHEDULER["max_t"])
     csv = pd.read_csv(experiment / "trials.csv", dtype={"trial_id": str, "config_id": str}).set_index("trial_id")
     pd.testing.assert_frame_equal(csv, trials, check_dtype=False)
 
@@ -143,9 +148,19 @@ def test_killed_worker_is_retried_from_its_checkpoint(sweep_run: SweepRun, sweep
 
 
 def test_resume_prints_best_trial_and_tables(sweep_run: SweepRun, sweep_tables: SweepTables) -> None:
+    """The summary names the configuration with the best mean val_acc over its two seeds, then its best seed's
+    trial, that trial's best-validation weights (a file that exists) and the command that reproduces it."""
     trials, epochs = sweep_tables.trials, sweep_tables.epochs
-    best = epochs.groupby("trial_id")["val_acc"].max().idxmax()
-    assert f"best trial {best}: val_acc {trials.loc[best, 'best_val_acc']:.2f}" in sweep_run.output
+    per_trial = epochs.groupby("trial_id")["val_acc"].max()
+    per_config = per_trial.groupby(trials.loc[per_trial.index, "config_id"]).mean()
+    config = per_config.idxmax()
+    best = per_trial[trials.index[trials["config_id"] == config]].idxmax()
+    out = sweep_run.output
+    assert f"best trial {best}: val_acc {per_trial[best]:.4g}" in out
+    assert f"configuration {config} has the best mean val_acc ({per_config[config]:.4g} over 2 seeds)" in out
+    weights = out.split("best-validation weights: ", 1)[1].split(" (epoch", 1)[0]
+    assert f"/best_weights/{best}/" in weights and Path(weights).is_file()
+    assert "reproduce: alignmixup-train --dataset digits --network preactresnet18" in out
     assert f"tables in {sweep_run.experiment}: trials.parquet, trials.csv, epochs.parquet" in sweep_run.output
 
 

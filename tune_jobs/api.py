@@ -2,7 +2,7 @@
 
     from tune_jobs import api
     sweep = api.load_sweep("quickstart", overrides={"num_samples": 2, "scheduler.max_t": 2})
-    outcome = api.run(sweep, storage="runs/tune", name="from-python")
+    outcome = api.run(sweep, storage_location="runs/tune", name="from-python")
     print(outcome.trials[["trial_id", "hp_alpha", "best_val_acc"]])
     outcome = api.resume(outcome.experiment)          # after an interruption
 
@@ -49,7 +49,7 @@ def load_sweep(source: str | Path | Mapping[str, Any] | SweepConfig,
     """A validated sweep from a YAML path, a preset name, a mapping or a SweepConfig, with `overrides` applied
     (key paths such as "train.width" or "search.alpha", values as the YAML file would hold them)."""
     if isinstance(source, SweepConfig):
-        raw = source.model_dump(mode="json")
+        raw = source.model_dump(mode="json", exclude_unset=True)  # unset keys stay unset: storage's default applies
     elif isinstance(source, Mapping):
         raw = dict(source)
     else:

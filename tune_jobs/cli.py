@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from alignmixup.console import ConfigError, Parser, add_version, run_command
 from tune_jobs import api, config, preflight, presets, storage
-from tune_jobs.schema import HP_PREFIX
 from tune_jobs.tables import read_sweep
 
 if TYPE_CHECKING:
@@ -88,15 +87,6 @@ def prepare_run(args: argparse.Namespace) -> tuple[config.SweepConfig, str]:
                        default_name=stem)
 
 
-def _hp_text(row: object, columns: list[str]) -> str:
-    values = []
-    for c in columns:
-        value = row[c]  # type: ignore[index]
-        values.append(f"{c.removeprefix(HP_PREFIX)}={value:.4g}" if isinstance(value, float) else
-                      f"{c.removeprefix(HP_PREFIX)}={value}")
-    return ", ".join(values)
-
-
 def summarise(outcome: driver_types.Outcome) -> int:
     """Print what the sweep did, its best configuration and where the tables are; returns the exit code."""
     sweep, trials, epochs = outcome.sweep, outcome.trials, outcome.epochs
@@ -108,14 +98,14 @@ def summarise(outcome: driver_types.Outcome) -> int:
         print(f"Optuna ran at most {outcome.concurrency} trials at once"
               + (" (the cluster's trial slots; set max_concurrent_trials to change it)"
                  if sweep.max_concurrent_trials is None else " (max_concurrent_trials)"))
-    if not epochs.empty and sweep.metric in epochs:
-        per_trial = epochs.groupby("trial_id")[sweep.metric].agg(sweep.mode)
-        best = per_trial.idxmax() if sweep.mode == "max" else per_trial.idxmin()
-        row = trials.set_index("trial_id").loc[best]
-        hps = [c for c in trials.columns if c.startswith(HP_PREFIX)]
-        print(f"best trial {best}: {sweep.metric} {per_trial[best]:.2f} after {row['epochs']} epochs; "
-              f"{_hp_text(row, hps)}")
     print(f"tables in {outcome.experiment}: {', '.join(outcome.files)}")
+    if not epochs.empty and sweep.metric in epochs:
+        from tune_jobs import best
+
+        try:  # what `alignmixup-tune best` says: the trial, its weights, the command that reproduces it
+            print(best.report(outcome.experiment, sweep))
+        except (ConfigError, best.LineageError) as exc:
+            print(f"best trial: not determined ({exc})")
     if outcome.errors:
         where = storage.join(outcome.experiment, "trial_<id>", "error.txt")
         print(f"{len(outcome.errors)} of {len(trials)} trials failed: {', '.join(sorted(outcome.errors))}; "

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from alignmixup.names import evaluation_keys
 from tune_jobs import storage
 
 TRIALS_TABLE = "trials.parquet"
@@ -58,8 +59,6 @@ DONOR_COLUMNS = ("donor_trial_id", "donor_epoch")
 # without one). After an exploit it may be the donor's, until the trial improves on it.
 BEST_WEIGHTS_FILE = "best_weights_file"
 TRIAL_STATE = "by_trial"  # <experiment>/by_trial/<trial_id>.json: a trial's identity, the last epoch Tune logged
-# the trainer's per-epoch Sinkhorn convergence (None/NaN in an epoch without an aligned batch)
-SINKHORN_COLUMNS = ("sinkhorn_iters", "sinkhorn_marginal_err")
 # Ray Tune's own keys in result.json that are not measurements (time_total_s is kept: the wall-time formula)
 TUNE_BOOKKEEPING = frozenset({
     "config", "date", "hostname", "node_ip", "pid", "timestamp", "done", "checkpoint_dir_name", "time_since_restore",
@@ -233,16 +232,26 @@ def trial_row(record: TrialRecord, sweep: Mapping[str, Any]) -> dict[str, Any]:
         "dataset": last.get("dataset"),
         "network": last.get("network"),
         "width": last.get("width"),
+        # the evaluations beyond top-1: each one's last value (val_*: at the last evaluated epoch; test_*: of the
+        # best-validation weights, at the end)
+        **{key: value for key in evaluation_keys() if (value := _last_value(rows, key)) is not None},
     }
 
 
+def _last_value(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    """The last reported value of `key` in rows (None if never reported)."""
+    return next((float(row[key]) for row in reversed(rows) if row.get(key) is not None), None)
+
+
 def trials_frame(records: Sequence[TrialRecord], sweep: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per trial in trial-id order, the hp_<name> columns right after its identity."""
+    """One row per trial in trial-id order, the hp_<name> columns right after its identity, the evaluations
+    (val_ece, test_fgsm_acc, ...) that any trial reported at the end."""
     frame = pd.DataFrame([trial_row(r, sweep) for r in sorted(records, key=lambda r: r.trial_id)])
     if frame.empty:
         return pd.DataFrame(columns=list(TRIAL_COLUMNS))
     hp = [f"{HP_PREFIX}{name}" for name in HYPERPARAMETERS if f"{HP_PREFIX}{name}" in frame.columns]
-    frame = frame[[*TRIAL_COLUMNS[:5], *hp, *TRIAL_COLUMNS[5:]]]
+    evaluated = [key for key in evaluation_keys() if key in frame.columns]
+    frame = frame[[*TRIAL_COLUMNS[:5], *hp, *TRIAL_COLUMNS[5:], *evaluated]]
     return frame.astype({"seed": "Int64", "repeat": "Int64", "epochs": "int64", "num_workers": "int64",
                          "max_t": "int64"})
 
