@@ -33,7 +33,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -228,22 +228,11 @@ def sinkhorn(
     return SinkhornResult(plan, iterations, marginal_err, executed, reads)
 
 
-def sinkhorn_plan(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float = 0.1,
-    max_iter: int | None = None,
-    *,
-    stop: StopRule = "auto",
-    tol: float | None = None,
-    cost_scaling: CostScaling = "none",
-    check_every: int | None = None,
-    compiled: bool = False,
-    stats: SinkhornStats | None = None,
-) -> torch.Tensor:
-    """The plan of `sinkhorn` (same arguments); its iterations and marginal error go to `stats` if given."""
-    result = sinkhorn(x, y, eps, max_iter, stop=stop, tol=tol, cost_scaling=cost_scaling, check_every=check_every,
-                      compiled=compiled)
+def sinkhorn_plan(x: torch.Tensor, y: torch.Tensor, eps: float = 0.1, max_iter: int | None = None, *,
+                  stats: SinkhornStats | None = None, **options: Any) -> torch.Tensor:
+    """The plan of `sinkhorn` (the same arguments and keyword options: stop, tol, cost_scaling, check_every,
+    compiled); its iterations and marginal error go to `stats` if given."""
+    result = sinkhorn(x, y, eps, max_iter, **options)
     if stats is not None:
         stats.add(result)
     return result.plan

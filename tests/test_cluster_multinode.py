@@ -41,6 +41,7 @@ SWEEP: dict[str, Any] = {
     "scheduler": {"kind": "fifo", "max_t": MAX_T},
     "num_samples": 1,
     "max_failures": 2,
+    "checkpoint_every": 1,  # the node goes once epoch KILL_AT_EPOCH's checkpoint is registered
     "scaling": {
         "num_workers": 2, "cpus_per_worker": 0.49, "trial_cpus": 0.01, "placement_strategy": "STRICT_SPREAD"
     },

@@ -14,6 +14,7 @@ PBT's exploits): those rows are the truth every tracker's record is compared wit
 from __future__ import annotations
 
 import csv
+import json
 import pickle
 import sys
 import time
@@ -63,6 +64,10 @@ def drive(callback: Any, written: Any, arrivals: list[tuple[str, int]], experime
     last = {tid: max(rows[tid]) for tid in rows if rows[tid]}
     for tid, epoch in arrivals:
         trial = stub(written.trials[tid], experiment)
+        folder = Path(trial.local_path)  # Tune's JSON logger writes the row to the trial's result.json too
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "result.json", "a") as fh:
+            fh.write(json.dumps(rows[tid][epoch]) + "\n")
         callback.on_trial_result(epoch, [], trial, rows[tid][epoch])
         if epoch == last[tid]:
             if written.trials[tid].status == "ERROR":

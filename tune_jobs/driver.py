@@ -45,7 +45,7 @@ from alignmixup.console import ConfigError
 from tune_jobs import pin_ray_address, preflight, storage, tracking
 from tune_jobs.config import POPULATION, Param, SweepConfig, experiment_path, trial_settings, validate
 from tune_jobs.relay import Relay, ReportToTune
-from tune_jobs.scheduler import RecordedASHA, milestones, stopped_trials
+from tune_jobs.scheduler import RecordedASHA, milestones, stop_rows
 from tune_jobs.schema import (
     BEST_WEIGHTS,
     IDENTITY,
@@ -72,7 +72,12 @@ FINISHED = (Trial.TERMINATED, Trial.ERROR)
 
 def trial_dirname(trial: Trial) -> str:
     """Short, stable trial directory names: trial_<id>."""
-    return f"trial_{trial.trial_id}"
+    return trial_dirname_of(trial.trial_id)
+
+
+def trial_dirname_of(trial_id: str) -> str:
+    """The directory of a trial in its experiment."""
+    return f"trial_{trial_id}"
 
 
 def checkpoint_epochs(sweep: SweepConfig) -> tuple[int, ...]:
@@ -169,9 +174,14 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], experiment: str) ->
     """One Tune trial (or, under PBT, one segment of it): a Ray Train run of its TrainConfig, reporting every epoch."""
     sw = validate(sweep)
     trial_id = tune.get_context().get_trial_id()
-    if sw.scheduler.kind == "asha" and trial_id in stopped_trials(experiment):
+    stopped = stop_rows(experiment).get(trial_id) if sw.scheduler.kind == "asha" else None
+    if stopped is not None:
         # ASHA stopped it, but the driver was lost before Tune's experiment state said so: Tuner.restore brings it
-        # back as unfinished. Train nothing: its last reported epoch stays the one ASHA stopped it at.
+        # back as unfinished. Train nothing; if Tune had not logged the row ASHA stopped it at either, report that row
+        # as the worker sent it (the scheduler kept it), so that the trial's last row is its STOP.
+        logged = read_rows(storage.join(experiment, trial_dirname_of(trial_id)))
+        if not any(row.get("epoch") == stopped["epoch"] for row in logged):
+            tune.report(stopped)
         return
     sampled = {k: v for k, v in config.items() if k != REPEAT_KEY}
     cfg, identity = trial_settings(sw, sampled, int(config.get(REPEAT_KEY, 0)))

@@ -92,8 +92,8 @@ def check_storage(sweep: SweepConfig, cluster: ClusterView | None = None, probe_
 
 
 def memory_candidates(sweep: SweepConfig) -> list[TrainConfig]:
-    """A trial configuration for every combination of the searched values that change a worker's memory."""
-    params = sweep.search.params()
+    """A trial configuration for every combination of the searched (or mutated) values that change a worker's memory."""
+    params = sweep.space()  # under PBT/PB2 also what the mutations may move a trial to
     choices = {name: params[name].values for name in MEMORY_CHOICES
                if name in params and params[name].kind in ("fixed", "choice", "grid")}
     names = list(choices)

@@ -24,9 +24,9 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from tune_jobs import storage
-from tune_jobs.schema import DECISION_COLUMNS, DECISIONS_TABLE, SCHEDULER_STATE, milestones
+from tune_jobs.schema import DECISION_COLUMNS, DECISIONS_TABLE, SCHEDULER_STATE, TUNE_BOOKKEEPING, milestones
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class RecordedASHA(FIFOScheduler):
@@ -40,6 +40,7 @@ class RecordedASHA(FIFOScheduler):
         self.reduction_factor = reduction_factor
         self.rungs: dict[float, dict[str, float]] = {m: {} for m in self.milestones}  # signed values: higher wins
         self.stopped: set[str] = set()
+        self.stop_rows: dict[str, dict[str, Any]] = {}  # trial -> the report it was stopped at (what the worker sent)
         self.decisions: list[dict[str, Any]] = []
         self._mode: str | None = None
         self._loaded = False
@@ -81,14 +82,14 @@ class RecordedASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         t, value = result[self.time_attr], result[self._metric]
         if t >= self.max_t:
-            return self._record(trial_id, t, self.max_t, value, None, TrialScheduler.STOP)
+            return self._record(trial_id, result, self.max_t, None, TrialScheduler.STOP)
         rung = self._rung_to_record(trial_id, t)
         if rung is None:
             return TrialScheduler.CONTINUE
         cutoff = self.cutoff(rung)
         action = TrialScheduler.STOP if cutoff is not None and self._signed(value) < cutoff else TrialScheduler.CONTINUE
         self.rungs[rung][trial_id] = self._signed(value)
-        return self._record(trial_id, t, rung, value, cutoff, action)
+        return self._record(trial_id, result, rung, cutoff, action)
 
     def cutoff(self, milestone: float) -> float | None:
         """The signed value a trial reaching `milestone` must reach: the rung's top-1/reduction_factor quantile."""
@@ -104,10 +105,13 @@ class RecordedASHA(FIFOScheduler):
     def _signed(self, value: float) -> float:
         return value if self._mode == "max" else -value
 
-    def _record(self, trial_id: str, t: float, milestone: float, value: float, cutoff: float | None,
+    def _record(self, trial_id: str, result: Mapping[str, Any], milestone: float, cutoff: float | None,
                 action: str) -> str:
+        t, value = result[self.time_attr], result[self._metric]
         if action == TrialScheduler.STOP:
             self.stopped.add(trial_id)
+            # kept with the decision: the driver may be lost before Tune logs this row (tune_jobs.driver re-reports it)
+            self.stop_rows[trial_id] = {k: v for k, v in result.items() if k not in TUNE_BOOKKEEPING | {"time_total_s"}}
         shown = None if cutoff is None else self._signed(cutoff)  # in the metric's own units
         self.decisions.append({
             "trial_id": trial_id, "epoch": int(t), "milestone": float(milestone), "metric": self._metric,
@@ -124,6 +128,7 @@ class RecordedASHA(FIFOScheduler):
         return {
             "version": STATE_VERSION, "metric": self._metric, "mode": self._mode,
             "rungs": [[m, self.rungs[m]] for m in self.milestones], "stopped": sorted(self.stopped),
+            "stop_rows": self.stop_rows,
             "decisions": self.decisions,
         }
 
@@ -145,13 +150,14 @@ class RecordedASHA(FIFOScheduler):
             raise ValueError(f"{location}: written by another scheduler configuration; cannot resume from it")
         self.rungs = {m: dict(recorded) for m, recorded in saved["rungs"]}
         self.stopped = set(saved["stopped"])
+        self.stop_rows = dict(saved["stop_rows"])
         self.decisions = list(saved["decisions"])
 
 
-def stopped_trials(experiment: str) -> set[str]:
-    """The trials the experiment's ASHA has stopped so far (none before its first decision)."""
+def stop_rows(experiment: str) -> dict[str, dict[str, Any]]:
+    """trial_id -> the report the experiment's ASHA stopped it at, for every trial it has stopped so far."""
     location = storage.join(experiment, SCHEDULER_STATE)
-    return set(storage.read_json(location)["stopped"]) if storage.is_file(location) else set()
+    return storage.read_json(location)["stop_rows"] if storage.is_file(location) else {}
 
 
 def decisions_frame(decisions: list[dict[str, Any]]) -> pd.DataFrame:

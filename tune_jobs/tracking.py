@@ -36,7 +36,7 @@ from ray.tune.logger import TBXLoggerCallback
 
 from alignmixup.tracking import BEST_WEIGHTS_TAG, Status, Trackers, TrackingConfig, check_installed
 from tune_jobs.config import SweepConfig
-from tune_jobs.schema import BEST_WEIGHTS_FILE, HP_PREFIX, IDENTITY, TUNE_BOOKKEEPING, WORKER_EXTRAS
+from tune_jobs.schema import BEST_WEIGHTS_FILE, HP_PREFIX, IDENTITY, TUNE_BOOKKEEPING, WORKER_EXTRAS, read_rows
 
 EPOCH = "epoch"
 NOT_MEASURED = TUNE_BOOKKEEPING | frozenset(IDENTITY) | frozenset(WORKER_EXTRAS) | {EPOCH, BEST_WEIGHTS_FILE}
@@ -65,55 +65,66 @@ class TrackingCallback(Callback):
         self.experiment = experiment
         self.name = experiment.rstrip("/").rpartition("/")[2]  # MLflow's experiment, W&B's group
         self._open: dict[str, Trackers] = {}  # trial_id -> its open tracker runs (in this driver)
+        self._trials: dict[str, Trial] = {}  # trial_id -> the trial whose runs are open
         self._runs: dict[str, dict[str, str]] = {}  # trial_id -> tracker -> run id (kept across Tuner.restore)
-        self._best: dict[str, str] = {}  # trial_id -> its latest best-validation weights file (kept likewise)
+        self._logged: dict[str, int] = {}  # trial_id -> the last epoch logged (kept likewise)
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
                         **info: Any) -> None:
         if EPOCH not in result:
             return
         trackers = self._open.get(trial.trial_id) or self._start(trial, result)
-        if result.get(BEST_WEIGHTS_FILE):
-            self._best[trial.trial_id] = result[BEST_WEIGHTS_FILE]
         trackers.log(measurements(result), step=int(result[EPOCH]))
+        self._logged[trial.trial_id] = int(result[EPOCH])
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._reopen(trial)
-        self._finish(trial.trial_id, "FINISHED")
+        self._finish(trial, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._reopen(trial)
-        self._finish(trial.trial_id, "FAILED")
+        self._finish(trial, "FAILED")
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         # trials still open here were interrupted (Ctrl-C, a stop signal): a resume continues their runs
-        for trial_id in list(self._open):
-            self._finish(trial_id, "KILLED")
+        for trial in list(self._trials.values()):
+            if trial.trial_id in self._open:
+                self._finish(trial, "KILLED")
 
     def get_state(self) -> dict[str, Any]:
-        return {"runs": self._runs, "best": self._best}
+        return {"runs": self._runs, "logged": self._logged}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._runs, self._best = dict(state["runs"]), dict(state.get("best", {}))
+        self._runs, self._logged = dict(state["runs"]), dict(state.get("logged", {}))
 
-    def _start(self, trial: Trial, first: dict[str, Any]) -> Trackers:
+    def _start(self, trial: Trial, current: dict[str, Any] | None = None) -> Trackers:
+        """Open (or continue) the trial's runs, its parameters from its first row. A continued run first gets the
+        rows Tune logged that it lacks (the driver was lost between Tune's log and this callback's, or after Tune
+        last saved this callback's state): those before the `current` result's epoch, or all of them."""
+        rows = read_rows(trial.local_path)
+        first = rows[0] if rows else current or {}
+        until = int(current[EPOCH]) if current else None
         trackers = Trackers(self.config, self.name)
+        resumed = self._runs.get(trial.trial_id)
         self._runs[trial.trial_id] = trackers.start(trial.trial_id, trial_params(first), trial.local_path,
-                                                    resume=self._runs.get(trial.trial_id))
-        self._open[trial.trial_id] = trackers
+                                                    resume=resumed)
+        self._open[trial.trial_id], self._trials[trial.trial_id] = trackers, trial
+        if resumed is not None:
+            done = self._logged.get(trial.trial_id, 0)
+            for row in rows:
+                if EPOCH in row and done < int(row[EPOCH]) and (until is None or int(row[EPOCH]) < until):
+                    trackers.log(measurements(row), step=int(row[EPOCH]))
+                    self._logged[trial.trial_id] = int(row[EPOCH])
         return trackers
 
-    def _reopen(self, trial: Trial) -> None:
-        """Continue the runs of a trial that ends after a resume without reporting again (ASHA had stopped it
-        before the interruption), so that they are closed with its real status."""
-        if trial.trial_id not in self._open and trial.trial_id in self._runs:
-            self._start(trial, {})
-
-    def _finish(self, trial_id: str, status: Status) -> None:
-        trackers = self._open.pop(trial_id, None)
+    def _finish(self, trial: Trial, status: Status) -> None:
+        """Close the trial's runs with its status and the tag best_weights: the last weights file its rows name.
+        A trial that ends after a resume without reporting again (ASHA had stopped it) is continued to close it."""
+        trackers = self._open.pop(trial.trial_id, None)
+        if trackers is None and trial.trial_id in self._runs:
+            self._start(trial)
+            trackers = self._open.pop(trial.trial_id)
         if trackers is not None:
-            best = self._best.get(trial_id)
-            trackers.finish({BEST_WEIGHTS_TAG: best} if best else {}, status)
+            named = [row[BEST_WEIGHTS_FILE] for row in read_rows(trial.local_path) if row.get(BEST_WEIGHTS_FILE)]
+            trackers.finish({BEST_WEIGHTS_TAG: named[-1]} if named else {}, status)
 
 
 class TrackersWriteTensorBoard(TBXLoggerCallback):
