@@ -1,4 +1,4 @@
-"""One real PBT sweep (4 trials of 2-worker gloo DDP on digits, its own local Ray cluster through the CLI),
+"""One real PBT sweep (4 trials of 2-worker gloo DDP on digits, through the CLI on the session's Ray head),
 interrupted by SIGINT and resumed, then exported.
 
 Checked against oracles outside the code under test: Ray's own PBT log (pbt_global.txt: each exploit's donor and
@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from helpers.ray_head import Head
 
 import alignmixup
 from alignmixup.config import TrainConfig
@@ -63,10 +64,10 @@ PBT_SWEEP: dict[str, Any] = {
 MUTATED = ("alpha", "eps", "lr", "mix_layers")
 
 
-def tune_cli(root: Path, *args: str) -> subprocess.Popen:
-    """`python -m tune_jobs ARGS` from the repository root on a local Ray cluster of its own, output in pbt.log."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)
+def tune_cli(root: Path, head: Head, *args: str) -> subprocess.Popen:
+    """`python -m tune_jobs ARGS` from the repository root on the session's Ray head, output in pbt.log."""
+    env = {**head.env, "RAY_ADDRESS": head.gcs,
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), head.env.get("PYTHONPATH", "")) if p)}
     with open(root / "pbt.log", "ab") as fh:
         return subprocess.Popen([sys.executable, "-m", "tune_jobs", *args], cwd=REPO, env=env, stdout=fh,
                                 stderr=subprocess.STDOUT)
@@ -77,14 +78,14 @@ def log_tail(root: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def pbt_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def pbt_run(tmp_path_factory: pytest.TempPathFactory, head: Head) -> dict[str, Any]:
     """Run the sweep; SIGINT it once Ray has logged an exploit and every trial has a checkpoint; resume it."""
     root = tmp_path_factory.mktemp("pbt")
     config = root / "pbt.yaml"
     config.write_text(yaml.safe_dump(PBT_SWEEP))
     experiment = root / "runs" / "pbt"
     start = time.monotonic()
-    proc = tune_cli(root, "run", str(config), "--storage", str(root / "runs"), "--name", "pbt")
+    proc = tune_cli(root, head, "run", str(config), "--storage", str(root / "runs"), "--name", "pbt")
 
     def exploited_and_checkpointed() -> bool:
         log = experiment / "pbt_global.txt"
@@ -102,7 +103,7 @@ def pbt_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert proc.wait(timeout=180) == EXIT_INTERRUPTED, log_tail(root)
     interrupted = pd.read_parquet(experiment / "epochs.parquet")
     resumed_at = time.time()
-    proc = tune_cli(root, "resume", str(experiment))
+    proc = tune_cli(root, head, "resume", str(experiment))
     assert proc.wait(timeout=SWEEP_TIMEOUT_S) == 0, log_tail(root)
     return {"experiment": experiment, "before": interrupted, "resumed_at": resumed_at,
             "seconds": time.monotonic() - start}
