@@ -13,7 +13,8 @@ PY="${PYTHON:-python3}"
 
 missing() {  # the requirements whose modules do not import
   local out=() pair
-  for pair in "ray:ray[train,tune]==2.60.0" "optuna:optuna>=4" "pytest:pytest>=8" "pydantic:pydantic>=2.6" \
+  for pair in "ray:ray[train,tune]==2.60.0" "optuna:optuna>=4" "safetensors:safetensors>=0.4" "pytest:pytest>=8" \
+              "pydantic:pydantic>=2.6" \
               "yaml:pyyaml>=6" "filelock:filelock>=3.12"; do
     "$1" -c "import ${pair%%:*}" 2>/dev/null || out+=("${pair#*:}")
   done

@@ -28,7 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RAY = "ray[train,tune]==2.60.0"
 # what gpu_check's steps import beyond torch and torchvision (the project's runtime dependencies they use)
-REQUIREMENTS = (RAY, "optuna>=4", "pytest>=8", "pydantic>=2.6", "pyyaml>=6", "filelock>=3.12", "pot>=0.9.4")
+REQUIREMENTS = (RAY, "optuna>=4", "safetensors>=0.4", "pytest>=8", "pydantic>=2.6", "pyyaml>=6", "filelock>=3.12",
+                "pot>=0.9.4")
 TARGET = ("--python-version", "3.12", "--implementation", "cp", "--abi", "cp312", "--platform", "manylinux2014_x86_64",
           "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64", "--only-binary=:all:")
 MAX_WHEEL_MIB = 5.0
