@@ -184,7 +184,8 @@ def test_quickstart_is_the_issue_s_sweep() -> None:
     cfg = sweep.trial_config({})
     assert (cfg.dataset, cfg.network, cfg.width, cfg.device) == ("digits", "preactresnet18", 0.25, "cpu")
     assert sweep.scaling.num_workers == 2 and not sweep.scaling.use_gpu
-    assert sweep.scheduler.kind == "asha" and sweep.num_samples >= 8
+    assert sweep.scheduler.kind == "asha" and sweep.trials() >= 6 and sweep.repeats >= 2  # configurations x seeds
+    assert sweep.scheduler.grace_period < sweep.scheduler.max_t  # a rung before the end: ASHA has something to cut
     assert {"alpha", "mix_layers", "eps"} <= {n for n, p in sweep.search.params().items() if p.kind != "fixed"}
     cpus = sweep.max_concurrent_trials * (sweep.scaling.trial_cpus + 2 * sweep.scaling.cpus_per_worker)
     assert cpus <= 2  # the trials it runs at once fit this 2-core machine
