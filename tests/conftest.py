@@ -40,17 +40,6 @@ from helpers.sweeps import (
 
 from cluster import submit
 
-# The fixtures of the session's Ray head and its shared sweep: every test that uses one runs in the same xdist
-# process (pyproject's --dist loadgroup), so the head starts and the sweep runs once.
-RAY_HEAD_FIXTURES = frozenset({"head", "sweep_run", "sweep_tables", "sweep_experiment"})
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Put the tests of the shared Ray head into one xdist group."""
-    for item in items:
-        if RAY_HEAD_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("ray_head"))
-
 
 @pytest.fixture(scope="session")
 def head() -> Iterator[Head]:
