@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from alignmixup.models import MODELS
-from alignmixup.sinkhorn import RULE_DEFAULTS, CostScaling, StopRule, resolve_rule
+from alignmixup.sinkhorn import CostScaling, StopRule, resolve_rule
 
 Method = Literal["alignmixup", "mixup", "manifold", "erm"]
 Dataset = Literal["digits", "cifar10", "cifar100", "tinyimagenet", "imagenet"]
@@ -101,11 +101,6 @@ class SinkhornConfig(Strict):
     def rule(self) -> str:
         """The stop rule in force ('auto' resolved)."""
         return resolve_rule(self.stop, self.cost_scaling)
-
-    @property
-    def iteration_cap(self) -> int:
-        """The most iterations at the target eps: max_iter, else the rule's own (sinkhorn.RULE_DEFAULTS)."""
-        return self.max_iter if self.max_iter is not None else RULE_DEFAULTS[self.rule][1]
 
     def plan_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of sinkhorn.sinkhorn_plan these settings stand for."""

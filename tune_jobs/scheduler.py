@@ -39,7 +39,6 @@ class RecordedASHA(FIFOScheduler):
         self.milestones = milestones(grace_period, max_t, reduction_factor)
         self.reduction_factor = reduction_factor
         self.rungs: dict[float, dict[str, float]] = {m: {} for m in self.milestones}  # signed values: higher wins
-        self.stopped: set[str] = set()
         self.stop_rows: dict[str, dict[str, Any]] = {}  # trial -> the report it was stopped at (what the worker sent)
         self.decisions: list[dict[str, Any]] = []
         self._mode: str | None = None
@@ -69,14 +68,14 @@ class RecordedASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         cutoffs = ", ".join(f"epoch {m:g}: {self.cutoff(m)}" for m in reversed(self.milestones))
-        return f"RecordedASHA: {len(self.stopped)} stopped; cut-offs {cutoffs}"
+        return f"RecordedASHA: {len(self.stop_rows)} stopped; cut-offs {cutoffs}"
 
     # ------------------------------------------------------------------ decisions
 
     def decide(self, trial_id: str, result: Mapping[str, Any]) -> str:
         """CONTINUE or STOP for a reported result, recorded (and persisted) when it is a decision at a rung."""
         self._load()
-        if trial_id in self.stopped:  # stopped before an interruption that Tune's experiment state missed
+        if trial_id in self.stop_rows:  # stopped before an interruption that Tune's experiment state missed
             return TrialScheduler.STOP
         if self.time_attr not in result or result.get(self._metric) is None:
             return TrialScheduler.CONTINUE
@@ -109,7 +108,6 @@ class RecordedASHA(FIFOScheduler):
                 action: str) -> str:
         t, value = result[self.time_attr], result[self._metric]
         if action == TrialScheduler.STOP:
-            self.stopped.add(trial_id)
             # kept with the decision: the driver may be lost before Tune logs this row (tune_jobs.driver re-reports it)
             self.stop_rows[trial_id] = {k: v for k, v in result.items() if k not in TUNE_BOOKKEEPING | {"time_total_s"}}
         shown = None if cutoff is None else self._signed(cutoff)  # in the metric's own units
@@ -127,7 +125,7 @@ class RecordedASHA(FIFOScheduler):
         """Everything the decisions depend on, as JSON-ready data."""
         return {
             "version": STATE_VERSION, "metric": self._metric, "mode": self._mode,
-            "rungs": [[m, self.rungs[m]] for m in self.milestones], "stopped": sorted(self.stopped),
+            "rungs": [[m, self.rungs[m]] for m in self.milestones], "stopped": sorted(self.stop_rows),
             "stop_rows": self.stop_rows,
             "decisions": self.decisions,
         }
@@ -149,7 +147,6 @@ class RecordedASHA(FIFOScheduler):
         if saved.get("version") != STATE_VERSION or [m for m, _ in saved["rungs"]] != self.milestones:
             raise ValueError(f"{location}: written by another scheduler configuration; cannot resume from it")
         self.rungs = {m: dict(recorded) for m, recorded in saved["rungs"]}
-        self.stopped = set(saved["stopped"])
         self.stop_rows = dict(saved["stop_rows"])
         self.decisions = list(saved["decisions"])
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from alignmixup.sinkhorn import RULE_DEFAULTS
 from alignmixup.trainer import EpochMetrics, lr_at
 from tune_jobs.config import trial_settings, validate
 from tune_jobs.schema import (
@@ -135,7 +136,8 @@ def _metrics(epoch: int, max_t: int, hp: dict[str, Any], curve: _Curve, cfg: Any
     if extra.get("sinkhorn"):
         aligned = rng.random() > 0.15  # an epoch may have no aligned batch: nothing to report
         eps = float(hp["hp_eps"])
-        evaluations["sinkhorn_iters"] = float(min(cfg.sinkhorn.iteration_cap, 4 + 1.5 / eps * rng.uniform(0.9, 1.1))) \
+        cap = cfg.sinkhorn.max_iter or RULE_DEFAULTS[cfg.sinkhorn.rule][1]
+        evaluations["sinkhorn_iters"] = float(min(cap, 4 + 1.5 / eps * rng.uniform(0.9, 1.1))) \
             if aligned else None
         evaluations["sinkhorn_marginal_err"] = float(10 ** (-7 + 2.5 * -math.log10(eps)) * rng.uniform(0.5, 2)) \
             if aligned else None
