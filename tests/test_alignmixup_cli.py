@@ -38,7 +38,7 @@ def test_readme_digits_command_reaches_95_percent(tmp_path):
 
 
 def test_release_cifar100_command_runs_unchanged_but_for_paths(tmp_path):
-    write_cifar(tmp_path / "data", classes=100, per_batch=300, test=40)
+    write_cifar(tmp_path / "data", classes=100, per_batch=150, test=40)  # batches of 128 and 22
     save = tmp_path / "save"
     proc = run_cli("--dataset", "cifar100", "--data_dir", str(tmp_path / "data"), "--save_dir", str(save),
                    "--network", "resnet", "--epochs", "1", "--alpha", "2.0", "--num_classes", "100",
@@ -47,8 +47,8 @@ def test_release_cifar100_command_runs_unchanged_but_for_paths(tmp_path):
     assert "preactresnet18 (width 1.0) on cifar100 with alignmixup" in proc.stdout
     (row,) = rows(save / "metrics.csv")
     assert row["epoch"] == "1" and float(row["lr"]) == pytest.approx(0.1)
-    # the release's protocol: all 300 training images, the last partial batch kept, test every epoch, no val
-    assert int(row["train_samples"]) == 300 and float(row["test_acc"]) >= 0
+    # the release's protocol: all 150 training images, the last partial batch kept, test every epoch, no val
+    assert int(row["train_samples"]) == 150 and float(row["test_acc"]) >= 0
     assert not any(c.startswith("val_") or c.startswith("best_val") for c in row)
 
 

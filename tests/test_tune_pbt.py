@@ -1,5 +1,5 @@
-"""One real PBT sweep (4 trials of 2-worker gloo DDP on digits, through the CLI on the session's Ray head),
-interrupted by SIGINT and resumed, then exported.
+"""One real PBT sweep (4 trials of 2-worker gloo DDP on digits, through the CLI on a Ray head of its own, beside
+the other tests), interrupted by SIGINT and resumed, then exported.
 
 Checked against oracles outside the code under test: Ray's own PBT log (pbt_global.txt: each exploit's donor and
 explored configuration), a plain 2-rank DDP re-run of an exploit's first epoch from the donor's checkpoint with the
@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
-from helpers.ray_head import Head
+from helpers import background
+from helpers.ray_head import Head, running_head
 
 import alignmixup
 from alignmixup.config import TrainConfig
@@ -42,9 +44,9 @@ from tune_jobs.worker import CHECKPOINT_FILE, META_FILE, load_best
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP_TIMEOUT_S = 900
-MAX_T = 6
+MAX_T = 5
 PBT_SWEEP: dict[str, Any] = {
-    "description": "test sweep: PBT of 4 trials of 2-worker DDP on digits, perturbations at epochs 2 and 4",
+    "description": "test sweep: PBT of 4 trials of 2-worker DDP on digits, 5 epochs, perturbations at epochs 2 and 4",
     "train": {"dataset": "digits", "network": "preactresnet18", "width": 0.125, "batch_size": 128,
               "weight_decay": 5e-4, "lr_schedule": "cosine", "eval_test": "end"},
     # two hopeless learning rates: those trials trail, so they exploit at the perturbations
@@ -65,7 +67,7 @@ MUTATED = ("alpha", "eps", "lr", "mix_layers")
 
 
 def tune_cli(root: Path, head: Head, *args: str) -> subprocess.Popen:
-    """`python -m tune_jobs ARGS` from the repository root on the session's Ray head, output in pbt.log."""
+    """`python -m tune_jobs ARGS` from the repository root on `head`, output in pbt.log."""
     env = {**head.env, "RAY_ADDRESS": head.gcs,
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), head.env.get("PYTHONPATH", "")) if p)}
     with open(root / "pbt.log", "ab") as fh:
@@ -77,36 +79,48 @@ def log_tail(root: Path) -> str:
     return (root / "pbt.log").read_text(errors="replace")[-3000:]
 
 
-@pytest.fixture(scope="module")
-def pbt_run(tmp_path_factory: pytest.TempPathFactory, head: Head) -> dict[str, Any]:
-    """Run the sweep; SIGINT it once Ray has logged an exploit and every trial has a checkpoint; resume it."""
+@background.scenario
+def pbt_scenario(tmp_path_factory: pytest.TempPathFactory, stop: threading.Event) -> dict[str, Any]:
+    """Beside the other tests (from the session's start), on a Ray head of its own: run the sweep, SIGINT it once
+    Ray has logged an exploit and every trial has a checkpoint, resume it."""
     root = tmp_path_factory.mktemp("pbt")
     config = root / "pbt.yaml"
     config.write_text(yaml.safe_dump(PBT_SWEEP))
     experiment = root / "runs" / "pbt"
     start = time.monotonic()
-    proc = tune_cli(root, head, "run", str(config), "--storage", str(root / "runs"), "--name", "pbt")
+    with running_head(num_cpus=2) as head:
+        proc = tune_cli(root, head, "run", str(config), "--storage", str(root / "runs"), "--name", "pbt")
 
-    def exploited_and_checkpointed() -> bool:
-        log = experiment / "pbt_global.txt"
-        trials = list(experiment.glob("trial_*"))
-        return (log.is_file() and bool(log.read_text().strip()) and len(trials) == 4
-                and all(any(t.glob("checkpoint_*/" + META_FILE)) for t in trials))
+        def exploited_and_checkpointed() -> bool:
+            log = experiment / "pbt_global.txt"
+            trials = list(experiment.glob("trial_*"))
+            return (log.is_file() and bool(log.read_text().strip()) and len(trials) == 4
+                    and all(any(t.glob("checkpoint_*/" + META_FILE)) for t in trials))
 
-    deadline = time.monotonic() + SWEEP_TIMEOUT_S
-    while not exploited_and_checkpointed():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.send_signal(signal.SIGINT)
-            pytest.fail(f"no exploit before the sweep ended or timed out ({proc.poll()}): {log_tail(root)}")
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=180) == EXIT_INTERRUPTED, log_tail(root)
-    interrupted = pd.read_parquet(experiment / "epochs.parquet")
-    resumed_at = time.time()
-    proc = tune_cli(root, head, "resume", str(experiment))
-    assert proc.wait(timeout=SWEEP_TIMEOUT_S) == 0, log_tail(root)
+        deadline = time.monotonic() + SWEEP_TIMEOUT_S
+        while not exploited_and_checkpointed():
+            if proc.poll() is not None or time.monotonic() > deadline or stop.is_set():
+                proc.send_signal(signal.SIGINT)
+                pytest.fail(f"no exploit before the sweep ended or timed out ({proc.poll()}): {log_tail(root)}")
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=180) == EXIT_INTERRUPTED, log_tail(root)
+        interrupted = pd.read_parquet(experiment / "epochs.parquet")
+        resumed_at = time.time()
+        proc = tune_cli(root, head, "resume", str(experiment))
+        deadline = time.monotonic() + SWEEP_TIMEOUT_S
+        while proc.poll() is None and time.monotonic() < deadline and not stop.is_set():
+            time.sleep(0.5)
+        if proc.poll() is None:
+            proc.kill()
+        assert proc.wait() == 0, log_tail(root)
     return {"experiment": experiment, "before": interrupted, "resumed_at": resumed_at,
             "seconds": time.monotonic() - start}
+
+
+@pytest.fixture(scope="module")
+def pbt_run(scenarios: dict[str, background.Running]) -> dict[str, Any]:
+    return scenarios[Path(__file__).name].result()
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +241,10 @@ def test_resume_continues_the_population(pbt_run, tables) -> None:
             continue
         # its own latest checkpoint, and the epochs re-run after it are not reported again; only the last one
         # may be, when the interrupt fell between Tune logging it and the trial hearing back (never lost instead)
-        last = before.loc[before["trial_id"] == trial_id, "epoch"].iloc[-1]
+        mine = before[before["trial_id"] == trial_id]
+        last, checkpointed = mine["epoch"].iloc[-1], max(mine.loc[mine["checkpoint_path"].notna(), "epoch"], default=0)
         assert first["epoch"] in (last + 1, last) and first["epoch"] > 1
+        assert first["epoch"] > checkpointed  # it went on from its last logged checkpoint, not from an older one
     for trial_id in trials["trial_id"]:  # every trial's model went through all epochs
         assert [r["epoch"] for r in best.lineage(epochs, trial_id)] == list(range(1, MAX_T + 1))
         for segment in segments(epochs[epochs["trial_id"] == trial_id].reset_index(drop=True)):
@@ -306,7 +322,8 @@ BAD_POPULATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "no mutation": ({"scheduler": {"mutations": {}}}, "scheduler.mutations: a population-based schedule needs"),
     "bad layer": ({"scheduler": {"mutations": {"lr": {"choice": [0.1]}, "mix_layers": {"choice": ["0,4", "0,5"]}}}},
                   "scheduler.mutations.mix_layers: preactresnet18 has layers 0..4 (0 = input), got 5"),
-    "interval": ({"scheduler": {"perturbation_interval": 6}}, "scheduler.perturbation_interval: must be < max_t (6)"),
+    "interval": ({"scheduler": {"perturbation_interval": MAX_T}},
+                 f"scheduler.perturbation_interval: must be < max_t ({MAX_T})"),
     "quantile": ({"scheduler": {"quantile_fraction": 0.6}}, "scheduler.quantile_fraction: Input should be less"),
     "one trial": ({"search": {"lr": 0.1, "cost_scaling": "mean"}, "scheduler": {"mutations": {"lr": {
         "choice": [0.1, 0.2]}}}}, "num_samples: a pbt population needs at least 2 trials"),
@@ -346,7 +363,7 @@ def test_population_schedulers_decide_at_perturbation_epochs_only(monkeypatch) -
 
     from tune_jobs import driver
 
-    pbt = driver.scheduler(validate(pbt_with()), "unused", fits=True)
+    pbt = driver.scheduler(validate(pbt_with(scheduler={"max_t": 6})), "unused", fits=True)
     assert isinstance(pbt, PopulationBasedTraining)
     mutations = pbt._hyperparam_mutations  # what Ray explores: choices as lists, ranges as Tune domains
     assert mutations["lr"] == [0.0005, 0.001, 0.05, 0.1, 0.2] and isinstance(mutations["alpha"], Domain)
@@ -354,7 +371,7 @@ def test_population_schedulers_decide_at_perturbation_epochs_only(monkeypatch) -
     calls = []
     monkeypatch.setattr(PopulationBasedTraining, "on_trial_result",
                         lambda self, controller, trial, result: calls.append(result["epoch"]) or TrialScheduler.PAUSE)
-    assert [pbt.on_trial_result(None, None, {"epoch": e}) for e in range(1, MAX_T + 1)] == ["CONTINUE"] * MAX_T
+    assert [pbt.on_trial_result(None, None, {"epoch": e}) for e in range(1, 7)] == ["CONTINUE"] * 6
     assert calls == [2, 4]  # Ray decides at multiples of perturbation_interval, not at the last epoch
     crowded = driver.scheduler(validate(pbt_with()), "unused", fits=False)
     assert crowded.on_trial_result(None, None, {"epoch": 2}) == TrialScheduler.PAUSE  # Ray's own pause kept

@@ -21,6 +21,7 @@ import functools
 import json
 import math
 import os
+import posixpath
 import queue
 import shutil
 import sys
@@ -42,7 +43,7 @@ from ray.tune.schedulers.pb2 import PB2
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm, Searcher
 
 from alignmixup.console import ConfigError
-from tune_jobs import pin_ray_address, preflight, storage, tracking
+from tune_jobs import pin_ray_address, preflight, raylogs, storage, tracking
 from tune_jobs.config import POPULATION, Param, SweepConfig, experiment_path, trial_settings, validate
 from tune_jobs.relay import Relay, ReportToTune
 from tune_jobs.scheduler import RecordedASHA, milestones, stop_rows
@@ -58,7 +59,7 @@ from tune_jobs.schema import (
 )
 from tune_jobs.search import REPEAT_KEY, RepeatedSearch
 from tune_jobs.tables import read_sweep, write_sweep, write_tables
-from tune_jobs.worker import CheckpointPlan, read_meta, train_loop_per_worker
+from tune_jobs.worker import META_FILE, CheckpointPlan, read_meta, train_loop_per_worker
 
 DOMAINS: dict[str, Callable[[tuple[Any, ...]], Any]] = {
     "fixed": lambda v: v[0],
@@ -123,6 +124,29 @@ class TrialState:
 
     def _write(self) -> None:
         storage.write_text(self.location, json.dumps(self.state))
+
+
+def last_logged_checkpoint(experiment: str, trial_id: str) -> ray.train.Checkpoint | None:
+    """The trial's copy of the checkpoint of its newest row Tune logged with one; None if no row has one.
+
+    Tune registers a reported checkpoint with a save round trip to the trial after logging its row: a driver
+    stopped in between leaves the checkpoint out of the experiment state, and Tuner.restore gives the trial none, so
+    it would train again from epoch 0 (a PBT test sweep's trial that had logged epoch 2 with its checkpoint did).
+    """
+    trial_dir = storage.join(experiment, trial_dirname_of(trial_id))
+    logged = [row for row in read_rows(trial_dir) if row.get("checkpoint_path")]
+    if not logged:
+        return None
+    run = posixpath.basename(posixpath.dirname(logged[-1]["checkpoint_path"].rstrip("/")))  # .../<run>/checkpoint_*
+    want = {"run": run, "epoch": logged[-1]["epoch"]}
+    for info in storage.children(trial_dir):
+        meta = storage.join(trial_dir, info.base_name, META_FILE)
+        if info.base_name.startswith("checkpoint_") and storage.is_file(meta):
+            stored = storage.read_json(meta)
+            if {k: stored.get(k) for k in want} == want:
+                fs, path = storage.resolve(storage.join(trial_dir, info.base_name))
+                return ray.train.Checkpoint(path, fs)
+    return None
 
 
 def relay_reports(trainer: TorchTrainer, relay: Any, state: TrialState) -> None:
@@ -192,7 +216,8 @@ def run_trial(config: dict[str, Any], sweep: dict[str, Any], experiment: str) ->
     loop: dict[str, Any] = {"train": cfg.model_dump(mode="json"), "identity": identity}
     floor = state.reported
     if population:
-        start = tune.get_checkpoint()  # None, the trial's own latest (pause, retry, restore) or a donor's (exploit)
+        # None, the trial's own latest (pause, retry, restore) or a donor's (exploit)
+        start = tune.get_checkpoint() or last_logged_checkpoint(experiment, trial_id)
         loop["start_checkpoint"] = start and ray.train.Checkpoint(start.path, start.filesystem)
         meta = read_meta(start) if start is not None else None
         loop["lineage"] = None
@@ -261,9 +286,10 @@ class _AtPerturbationEpochs:
     their own resources, and a pause costs a Train worker-group restart from the checkpoint: `fits` skips it.
     """
 
-    def __init__(self, *, max_t: int, fits: bool, **kwargs: Any) -> None:
+    def __init__(self, *, experiment: str, max_t: int, fits: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.max_t, self.fits, self.interval = max_t, fits, kwargs["perturbation_interval"]
+        self.experiment, self.max_t, self.fits = experiment, max_t, fits
+        self.interval = kwargs["perturbation_interval"]
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
         epoch = result.get("epoch")
@@ -283,6 +309,12 @@ class _AtPerturbationEpochs:
         # tests/test_tune_pbt.py would see exploits vanish if it changed).
         keep = upper_quantile if trial in lower_quantile or trial in upper_quantile else [*upper_quantile, trial]
         super()._checkpoint_or_exploit(trial, tune_controller, keep, lower_quantile)
+
+    def _log_config_on_step(self, trial_state: Any, new_state: Any, trial: Trial, trial_to_clone: Trial,
+                            new_config: dict[str, Any]) -> None:
+        # after a resume, Ray would start its exploit logs afresh and upload them over the first run's (raylogs)
+        raylogs.carry_pbt_logs(self.experiment, trial.local_experiment_path)
+        super()._log_config_on_step(trial_state, new_state, trial, trial_to_clone, new_config)
 
 
 class PopulationBased(_AtPerturbationEpochs, PopulationBasedTraining):
@@ -311,8 +343,9 @@ def scheduler(sweep: SweepConfig, experiment: str, fits: bool = True) -> TrialSc
                             reduction_factor=s.reduction_factor)
     mutations = s.mutations.params()
     bounds = {name: p.values for name, p in mutations.items() if p.kind in ("uniform", "loguniform")}
-    common = dict(max_t=s.max_t, fits=fits, time_attr="epoch", perturbation_interval=s.perturbation_interval,
-                  quantile_fraction=s.quantile_fraction, custom_explore_fn=functools.partial(within_bounds, bounds))
+    common = dict(experiment=experiment, max_t=s.max_t, fits=fits, time_attr="epoch",
+                  perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
+                  custom_explore_fn=functools.partial(within_bounds, bounds))
     if s.kind == "pb2":
         return PopulationBasedBandits(hyperparam_bounds={n: list(b) for n, b in bounds.items()}, **common)
     return PopulationBased(
@@ -379,7 +412,7 @@ def make_tuner(sweep: SweepConfig, experiment: str, limit: int | None) -> tune.T
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            callbacks=tracking.callbacks(sweep, experiment),
+            callbacks=[raylogs.JsonLog(), raylogs.CsvLog(), *tracking.callbacks(sweep, experiment)],
         ),
     )
 
