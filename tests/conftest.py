@@ -9,9 +9,6 @@ ASHA) with the documented `ray job submit` line, and while it runs:
 then sends `alignmixup-tune resume` the same way, which finishes the sweep and writes its tables. So the one
 sweep shows a worker retry, a driver loss and a resume that keeps ASHA's rungs, besides the tables themselves; every
 trial is tracked in TensorBoard, an MLflow file store and W&B offline.
-
-`scenarios` starts, at the session's start, the background scenarios (tests/helpers/background.py) of the selected
-test modules: the PBT sweep and the multi-node run, each on a Ray cluster of its own, beside the other tests.
 """
 
 from __future__ import annotations
@@ -20,14 +17,12 @@ import os
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import background
 from helpers.net import wait_until
 from helpers.ray_head import Head, client_environment, running_head
 from helpers.sweeps import (
@@ -44,20 +39,6 @@ from helpers.sweeps import (
 )
 
 from cluster import submit
-
-
-@pytest.fixture(scope="session", autouse=True)
-def scenarios(request: pytest.FixtureRequest,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, background.Running]]:
-    """The background scenarios (tests/helpers/background.py) of the selected test modules, started now."""
-    selected = {item.path.name for item in request.session.items}
-    stop = threading.Event()
-    running = {name: background.Running(fn, tmp_path_factory, stop)
-               for name, fn in background.REGISTERED.items() if name in selected}
-    yield running
-    stop.set()
-    for scenario in running.values():
-        scenario.thread.join(timeout=300)
 
 
 @pytest.fixture(scope="session")

@@ -21,14 +21,12 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import torch
-from helpers import background
 from helpers.net import free_port
 from helpers.sweeps import latest_reports
 
@@ -134,32 +132,19 @@ def scenario(out: Path) -> None:
         cluster.shutdown()
 
 
-@background.scenario
-def multinode(tmp_path_factory: pytest.TempPathFactory, stop: threading.Event) -> Path:
-    """Run the scenario script beside the other tests (from the session's start); its folder (records/, runs/spread/
-    tables), removed at the end of the session."""
+@pytest.fixture(scope="module")
+def run() -> Any:
+    """Run the scenario; yields its folder (records/, runs/spread/ tables, removed)."""
     out = Path(tempfile.mkdtemp(prefix="raymn", dir="/tmp"))  # short: Ray's socket paths must fit 107 chars
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": path}
-    with open(out / "scenario.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, __file__, str(out)], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 900
-    while proc.poll() is None and not stop.is_set() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if proc.poll() is None:
-        proc.kill()  # the script's finally stops its Ray cluster only on a clean exit: SIGKILL as a last resort
-        proc.wait()
-        pytest.fail(f"the multi-node scenario was stopped: {(out / 'scenario.log').read_text()[-4000:]}")
-    assert proc.returncode == 0, (out / "scenario.log").read_text(errors="replace")[-8000:]
-    return out
-
-
-@pytest.fixture(scope="module")
-def run(scenarios: dict[str, background.Running]) -> Iterator[Path]:
-    out = scenarios[Path(__file__).name].result()
-    yield out
-    shutil.rmtree(out, ignore_errors=True)
+    try:
+        done = subprocess.run([sys.executable, __file__, str(out)], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        yield out
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def attempts(records: list[dict[str, Any]]) -> dict[tuple[int, int], dict[int, dict[str, Any]]]:

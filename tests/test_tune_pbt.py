@@ -1,5 +1,5 @@
-"""One real PBT sweep (4 trials of 2-worker gloo DDP on digits, through the CLI on a Ray head of its own, beside
-the other tests), interrupted by SIGINT and resumed, then exported.
+"""One real PBT sweep (4 trials of 2-worker gloo DDP on digits, through the CLI on the session's Ray head),
+interrupted by SIGINT and resumed, then exported.
 
 Checked against oracles outside the code under test: Ray's own PBT log (pbt_global.txt: each exploit's donor and
 explored configuration), a plain 2-rank DDP re-run of an exploit's first epoch from the donor's checkpoint with the
@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
-from helpers import background
-from helpers.ray_head import Head, running_head
+from helpers.ray_head import Head
 
 import alignmixup
 from alignmixup.config import TrainConfig
@@ -67,7 +65,7 @@ MUTATED = ("alpha", "eps", "lr", "mix_layers")
 
 
 def tune_cli(root: Path, head: Head, *args: str) -> subprocess.Popen:
-    """`python -m tune_jobs ARGS` from the repository root on `head`, output in pbt.log."""
+    """`python -m tune_jobs ARGS` from the repository root on the session's Ray head, output in pbt.log."""
     env = {**head.env, "RAY_ADDRESS": head.gcs,
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), head.env.get("PYTHONPATH", "")) if p)}
     with open(root / "pbt.log", "ab") as fh:
@@ -79,48 +77,36 @@ def log_tail(root: Path) -> str:
     return (root / "pbt.log").read_text(errors="replace")[-3000:]
 
 
-@background.scenario
-def pbt_scenario(tmp_path_factory: pytest.TempPathFactory, stop: threading.Event) -> dict[str, Any]:
-    """Beside the other tests (from the session's start), on a Ray head of its own: run the sweep, SIGINT it once
-    Ray has logged an exploit and every trial has a checkpoint, resume it."""
+@pytest.fixture(scope="module")
+def pbt_run(tmp_path_factory: pytest.TempPathFactory, head: Head) -> dict[str, Any]:
+    """Run the sweep; SIGINT it once Ray has logged an exploit and every trial has a checkpoint; resume it."""
     root = tmp_path_factory.mktemp("pbt")
     config = root / "pbt.yaml"
     config.write_text(yaml.safe_dump(PBT_SWEEP))
     experiment = root / "runs" / "pbt"
     start = time.monotonic()
-    with running_head(num_cpus=2) as head:
-        proc = tune_cli(root, head, "run", str(config), "--storage", str(root / "runs"), "--name", "pbt")
+    proc = tune_cli(root, head, "run", str(config), "--storage", str(root / "runs"), "--name", "pbt")
 
-        def exploited_and_checkpointed() -> bool:
-            log = experiment / "pbt_global.txt"
-            trials = list(experiment.glob("trial_*"))
-            return (log.is_file() and bool(log.read_text().strip()) and len(trials) == 4
-                    and all(any(t.glob("checkpoint_*/" + META_FILE)) for t in trials))
+    def exploited_and_checkpointed() -> bool:
+        log = experiment / "pbt_global.txt"
+        trials = list(experiment.glob("trial_*"))
+        return (log.is_file() and bool(log.read_text().strip()) and len(trials) == 4
+                and all(any(t.glob("checkpoint_*/" + META_FILE)) for t in trials))
 
-        deadline = time.monotonic() + SWEEP_TIMEOUT_S
-        while not exploited_and_checkpointed():
-            if proc.poll() is not None or time.monotonic() > deadline or stop.is_set():
-                proc.send_signal(signal.SIGINT)
-                pytest.fail(f"no exploit before the sweep ended or timed out ({proc.poll()}): {log_tail(root)}")
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=180) == EXIT_INTERRUPTED, log_tail(root)
-        interrupted = pd.read_parquet(experiment / "epochs.parquet")
-        resumed_at = time.time()
-        proc = tune_cli(root, head, "resume", str(experiment))
-        deadline = time.monotonic() + SWEEP_TIMEOUT_S
-        while proc.poll() is None and time.monotonic() < deadline and not stop.is_set():
-            time.sleep(0.5)
-        if proc.poll() is None:
-            proc.kill()
-        assert proc.wait() == 0, log_tail(root)
+    deadline = time.monotonic() + SWEEP_TIMEOUT_S
+    while not exploited_and_checkpointed():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.send_signal(signal.SIGINT)
+            pytest.fail(f"no exploit before the sweep ended or timed out ({proc.poll()}): {log_tail(root)}")
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=180) == EXIT_INTERRUPTED, log_tail(root)
+    interrupted = pd.read_parquet(experiment / "epochs.parquet")
+    resumed_at = time.time()
+    proc = tune_cli(root, head, "resume", str(experiment))
+    assert proc.wait(timeout=SWEEP_TIMEOUT_S) == 0, log_tail(root)
     return {"experiment": experiment, "before": interrupted, "resumed_at": resumed_at,
             "seconds": time.monotonic() - start}
-
-
-@pytest.fixture(scope="module")
-def pbt_run(scenarios: dict[str, background.Running]) -> dict[str, Any]:
-    return scenarios[Path(__file__).name].result()
 
 
 @pytest.fixture(scope="module")
