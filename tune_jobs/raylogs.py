@@ -22,6 +22,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from tune_jobs import storage
 
 PBT_LOG_PREFIX = "pbt_"  # pbt_global.txt and pbt_policy_<trial_id>.txt, written by Ray's PopulationBasedTraining
+PBT_GLOBAL_LOG = "pbt_global.txt"  # one line per exploit, appended at every one
 
 
 class _RestoreWhenMissing:
@@ -42,7 +43,10 @@ class CsvLog(_RestoreWhenMissing, CSVLoggerCallback):
 
 def carry_pbt_logs(experiment: str, staging: str) -> list[str]:
     """Copy PBT's logs from the experiment into the driver's staging folder where it has none yet; returns the
-    names copied. Called before PBT logs an exploit, so a resumed sweep appends to the logs of the first run."""
+    names copied. Called before PBT logs an exploit, so a resumed sweep appends to the logs of the first run; once
+    the driver has pbt_global.txt (carried, or written by an exploit), it lists nothing."""
+    if Path(staging, PBT_GLOBAL_LOG).exists():
+        return []
     copied = []
     for info in storage.children(experiment):
         name, local = info.base_name, Path(staging, info.base_name)
